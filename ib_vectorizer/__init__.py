@@ -1,0 +1,3 @@
+"""ImageBind embeddings for Weaviate: model, preprocessing, serving."""
+
+__version__ = "0.1.0"

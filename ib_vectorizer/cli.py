@@ -1,0 +1,195 @@
+"""``ib-vectorizer``: embed files, fetch weights (and, later, serve).
+
+Each subcommand is a ``add_<name>_parser`` that registers its flags and a
+``run_<name>`` that does the work and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .modalities import Modality
+
+log = logging.getLogger("ib_vectorizer")
+
+EXIT_BAD_INPUT = 2
+EXIT_SETUP = 1
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that runs the model."""
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("IB_MODEL", "imagebind_huge"),
+        help="preset name or config.json of constructor arguments (env IB_MODEL; "
+        "default imagebind_huge)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=os.environ.get("IB_CHECKPOINT") or None,
+        help="weights file (env IB_CHECKPOINT; default ~/.cache/ib_vectorizer/imagebind_huge.pth)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="weights dtype (default: float16 on CUDA, float32 on CPU)",
+    )
+
+
+def load_embedder(args: argparse.Namespace, normalize: bool):
+    """Model + embedder from the shared flags; raises ValueError/CheckpointError with advice."""
+    import torch
+
+    from .checkpoints import resolve_checkpoint
+    from .embedder import Embedder, resolve_device
+    from .model import create_model
+
+    device = resolve_device(args.device)
+    dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model = create_model(
+        args.model, checkpoint=checkpoint, device=device, dtype=getattr(torch, dtype_name)
+    )
+    return Embedder(model, normalize=normalize)
+
+
+def add_embed_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "embed",
+        help="embed files (or texts) of one modality into an .npy array",
+        description="Embed INPUTs of one modality into float32 (len(INPUT), dim), in input order.",
+    )
+    parser.add_argument("--modality", required=True, choices=[m.value for m in Modality])
+    add_model_flags(parser)
+    parser.add_argument(
+        "--raw-scale",
+        action="store_true",
+        help="the reference's outputs (unit vector × the modality's logit scale) "
+        "instead of unit vectors",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="items per model call (default 8)"
+    )
+    parser.add_argument("--output", required=True, type=Path, help="where to write the .npy array")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="file paths; for text, the texts"
+    )
+    parser.set_defaults(run=run_embed)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from .errors import InputError
+    from .preprocess import load_batch
+
+    modality = Modality(args.modality)
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    embedder = load_embedder(args, normalize=not args.raw_scale)
+    vectors = []
+    batches = range(0, len(args.inputs), args.batch_size)
+    for start in tqdm(
+        batches, desc=f"embedding {modality.value}", unit="batch", disable=len(batches) < 2
+    ):
+        names = args.inputs[start : start + args.batch_size]
+        try:
+            items = (
+                names
+                if modality is Modality.TEXT
+                else [_read(name, modality, start + i) for i, name in enumerate(names)]
+            )
+            batch = load_batch(modality, items, first_index=start)
+        except InputError as err:
+            source = args.inputs[err.index]
+            where = f"text {err.index}" if modality is Modality.TEXT else source
+            print(f"error: {where}: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        vectors.append(embedder.embed_tensors(modality, batch).numpy())
+    result = np.concatenate(vectors).astype(np.float32)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.output, result)
+    log.info("wrote %s: %d × %d float32", args.output, *result.shape)
+    return 0
+
+
+def _read(path: str, modality: Modality, index: int) -> bytes:
+    from .errors import InputError
+
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise InputError(modality.value, index, f"cannot read file ({err.strerror})") from None
+
+
+def add_download_parser(commands: argparse._SubParsersAction) -> None:
+    from .checkpoints import DEFAULT_WEIGHTS, WEIGHTS
+
+    parser = commands.add_parser(
+        "download",
+        help="fetch the model weights (resumable)",
+        description="Download a checkpoint; an interrupted download resumes where it stopped.",
+    )
+    parser.add_argument("--name", default=DEFAULT_WEIGHTS, choices=sorted(WEIGHTS))
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="destination (default: IB_CHECKPOINT or the cache path)",
+    )
+    parser.add_argument(
+        "--url", default=None, help="a mirror to fetch from instead of the registry URL"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_download)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from .checkpoints import ensure_downloaded
+
+    path = ensure_downloaded(args.name, dest=args.output, url=args.url, progress=not args.quiet)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ib-vectorizer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("IB_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_embed_parser(commands)
+    add_download_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoints import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.run(args)
+    except (CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_SETUP
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

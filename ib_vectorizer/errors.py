@@ -1,0 +1,26 @@
+"""Errors that name the bad item, so one bad input never fails the others."""
+
+from __future__ import annotations
+
+
+class MediaError(ValueError):
+    """One item's bytes could not be turned into model input.
+
+    Raised by the per-modality loaders with just the reason; callers that know
+    the item's position wrap it in :class:`InputError`.
+    """
+
+
+class InputError(ValueError):
+    """Item ``index`` of ``modality`` is unusable, for ``reason``.
+
+    ``str(err)`` reads ``audio[2]: not a decodable audio file``; the fields stay
+    available so an HTTP layer can use its own names (``images[3]``) and a
+    pipeline can dead-letter exactly that item.
+    """
+
+    def __init__(self, modality: str, index: int, reason: str) -> None:
+        self.modality = modality
+        self.index = index
+        self.reason = reason
+        super().__init__(f"{modality}[{index}]: {reason}")

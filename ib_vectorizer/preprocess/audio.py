@@ -1,0 +1,210 @@
+"""Audio bytes -> the reference ImageBind audio input, float32 (3, 1, 128, 204).
+
+The rules are the reference's (see ``docs/imagebind-facts.md``), because the
+checkpoint was trained on exactly these features:
+
+1. Decode every frame of the first audio stream with PyAV to float32 in
+   [-1, 1], shape (channels, samples). Integer samples are scaled by their full
+   range (``s16 / 32768``), as the reference's loader did.
+2. Resample to 16 kHz with ``torchaudio.functional.resample`` (defaults).
+3. Three clips of 2 s starting at ``i * max(D - 2, 0) / 3`` seconds (D = the
+   decoded duration; the divisor is the clip count, so the clips never reach
+   the end of a long file). A clip is the samples
+   ``[int(start * 16000), int((start + 2) * 16000))``, computed with exact
+   fractions like the reference's clip sampler.
+4. Per clip: subtract the clip's mean (over all channels) **in place on a view
+   of the whole waveform**, so a later clip that overlaps an earlier one sees
+   the earlier subtraction too. This quirk is kept on purpose: the reference
+   features, and hence the trained model, include it.
+5. Kaldi fbank (htk_compat, hanning, 128 mel bins, dither 0, 25 ms / 10 ms, no
+   energy, 16 kHz); on a multi-channel clip it reads channel 0 only. Transpose
+   to (128, frames), zero-pad or cut on the right to 204 frames, then
+   ``(x + 4.268) / 9.138``.
+
+Where the reference crashes we do something sensible instead:
+
+- A clip shorter than one 25 ms window (400 samples) makes the reference's
+  fbank return no frame and crash. We zero-pad such a clip on the right to one
+  window (after the mean subtraction), so fbank yields one frame; the usual
+  zero-padding to 204 frames follows.
+- Every failure is a :class:`MediaError` with a short reason (not decodable, no
+  audio stream, no samples, truncated WAV) instead of a decoder exception.
+  FFmpeg's WAV reader silently accepts a file cut short, so for RIFF/WAVE input
+  we compare the ``data`` chunk's declared size with the bytes present.
+- A packet the decoder rejects is skipped and the samples of the others are
+  kept; a container that breaks part-way is used up to the break (an error
+  only if no sample came out).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+import torchaudio.compliance.kaldi as kaldi
+import torchaudio.functional as AF
+
+from ib_vectorizer.errors import MediaError
+from ib_vectorizer.preprocess.constants import (
+    AUDIO_CLIP_SECONDS,
+    AUDIO_CLIPS,
+    AUDIO_FBANK_MEAN,
+    AUDIO_FBANK_STD,
+    AUDIO_FRAME_LENGTH_MS,
+    AUDIO_FRAME_SHIFT_MS,
+    AUDIO_MEL_BINS,
+    AUDIO_SAMPLE_RATE,
+    AUDIO_TARGET_FRAMES,
+)
+from ib_vectorizer.preprocess.demux import stream_frames
+
+__all__ = ["clip_bounds", "decode_audio", "load_audio", "waveform_to_fbank"]
+
+# Full-scale divisors for PyAV's integer sample formats (planar or packed).
+_INT_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
+_WINDOW_SAMPLES = int(AUDIO_SAMPLE_RATE * AUDIO_FRAME_LENGTH_MS / 1000)
+
+
+def load_audio(data: bytes) -> torch.Tensor:
+    """Decode ``data`` (WAV, FLAC, MP3, OGG, M4A, ...) to float32 (3, 1, 128, 204)."""
+    waveform, sample_rate = decode_audio(data)
+    waveform = resample_to_model_rate(waveform, sample_rate)
+    clips = []
+    for first, stop in clip_bounds(waveform.shape[1]):
+        clip = waveform[:, first:stop]  # a view: the mean subtraction leaks, as in the reference
+        clip -= clip.mean()
+        clips.append(waveform_to_fbank(clip))
+    return torch.stack(clips)
+
+
+def decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
+    """All samples of the first audio stream as float32 (channels, samples), and the rate."""
+    if not data:
+        raise MediaError("audio file is empty (0 bytes)")
+    check_wav_not_truncated(data)
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except Exception as exc:
+        raise MediaError("not a decodable audio file") from exc
+    with container:
+        if not container.streams.audio:
+            raise MediaError("no audio stream")
+        stream = container.streams.audio[0]
+        chunks, sample_rate = _decode_stream(container, stream)
+    if not chunks:
+        raise MediaError("audio is empty (0 samples)")
+    waveform = np.concatenate(chunks, axis=1)
+    if waveform.shape[1] == 0:
+        raise MediaError("audio is empty (0 samples)")
+    return torch.from_numpy(waveform), sample_rate
+
+
+def _decode_stream(container, stream) -> tuple[list[np.ndarray], int]:
+    """Decoded chunks (channels, samples) of one stream and their common sample rate."""
+    chunks: list[np.ndarray] = []
+    sample_rate = 0
+    for frame in stream_frames(container, stream, "audio"):
+        if frame.samples == 0:
+            continue
+        chunk = frame_to_float(frame)
+        if not chunks:
+            sample_rate = frame.sample_rate
+        elif frame.sample_rate != sample_rate:
+            raise MediaError("audio changes its sample rate part-way through")
+        elif chunk.shape[0] != chunks[0].shape[0]:
+            raise MediaError("audio changes its channel count part-way through")
+        chunks.append(chunk)
+    return chunks, sample_rate
+
+
+def frame_to_float(frame: av.AudioFrame) -> np.ndarray:
+    """One decoded frame as float32 (channels, samples) in [-1, 1]."""
+    array = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    if not frame.format.is_planar:  # packed: (1, samples * channels), interleaved
+        array = array.reshape(-1, channels).T
+    kind = frame.format.name.rstrip("p")
+    if kind == "u8":
+        return ((array.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if kind in _INT_SCALE:
+        return (array.astype(np.float64) / _INT_SCALE[kind]).astype(np.float32)
+    return np.ascontiguousarray(array, dtype=np.float32)  # flt / dbl
+
+
+def check_wav_not_truncated(data: bytes) -> None:
+    """Raise if a RIFF/WAVE file holds fewer sample bytes than its ``data`` chunk declares.
+
+    FFmpeg trims the duration of a cut-off WAV to what is there and decodes it
+    without complaint, so a half-downloaded file would silently give a vector.
+    Streaming writers leave the size as 0 or 0xFFFFFFFF; those are not checked.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk_id = data[offset : offset + 4]
+        (size,) = struct.unpack("<I", data[offset + 4 : offset + 8])
+        offset += 8
+        if chunk_id == b"data":
+            present = len(data) - offset
+            if 0 < size < 0xFFFFFFFF and present < 0.99 * size:
+                raise MediaError(
+                    f"audio file is truncated: the WAV header declares {size} bytes "
+                    f"of samples, the file holds {max(present, 0)}"
+                )
+            return
+        offset += size + (size & 1)  # RIFF chunks are padded to an even size
+
+
+def resample_to_model_rate(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Resample (channels, samples) to 16 kHz with torchaudio's default sinc filter."""
+    if sample_rate == AUDIO_SAMPLE_RATE:
+        return waveform
+    return AF.resample(waveform, orig_freq=sample_rate, new_freq=AUDIO_SAMPLE_RATE)
+
+
+def clip_starts(duration: float, clip_seconds: float, clips: int) -> list[Fraction]:
+    """Start times ``i * max(D - clip, 0) / clips`` as exact fractions (the reference sampler).
+
+    Shared by the video loader. ``duration`` is a float like the reference's; the
+    arithmetic after it is exact, so ``int(start * rate)`` truncates as it did.
+    """
+    span = Fraction(max(duration - clip_seconds, 0))
+    return [span / clips * i for i in range(clips)]
+
+
+def clip_bounds(num_samples: int) -> list[tuple[int, int]]:
+    """Sample ranges ``[first, stop)`` of the three 2 s clips of a 16 kHz waveform."""
+    rate = AUDIO_SAMPLE_RATE
+    length = Fraction(AUDIO_CLIP_SECONDS)
+    starts = clip_starts(num_samples / rate, AUDIO_CLIP_SECONDS, AUDIO_CLIPS)
+    return [(int(start * rate), int((start + length) * rate)) for start in starts]
+
+
+def waveform_to_fbank(clip: torch.Tensor) -> torch.Tensor:
+    """One mean-subtracted clip (channels, samples) -> normalised fbank (1, 128, 204)."""
+    if clip.shape[1] < _WINDOW_SAMPLES:  # the reference crashes here; pad to one window
+        clip = torch.nn.functional.pad(clip, (0, _WINDOW_SAMPLES - clip.shape[1]))
+    fbank = kaldi.fbank(
+        clip,
+        htk_compat=True,
+        sample_frequency=AUDIO_SAMPLE_RATE,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=AUDIO_MEL_BINS,
+        dither=0.0,
+        frame_length=AUDIO_FRAME_LENGTH_MS,
+        frame_shift=AUDIO_FRAME_SHIFT_MS,
+    ).T  # (128, frames); fbank reads channel 0 of a multi-channel clip
+    missing = AUDIO_TARGET_FRAMES - fbank.shape[1]
+    if missing > 0:
+        fbank = torch.nn.functional.pad(fbank, (0, missing))
+    else:
+        fbank = fbank[:, :AUDIO_TARGET_FRAMES]
+    mean = torch.tensor(AUDIO_FBANK_MEAN, dtype=fbank.dtype)
+    std = torch.tensor(AUDIO_FBANK_STD, dtype=fbank.dtype)
+    return ((fbank - mean) / std).unsqueeze(0)

@@ -1,0 +1,24 @@
+"""Where the parity fixture lives and what its reference outputs are scaled by."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FIXTURE = Path(__file__).parent / "fixtures" / "imagebind-tiny"
+INPUTS = FIXTURE / "inputs"
+HUGE_SHAPES = Path(__file__).parent / "fixtures" / "imagebind_huge_state_dict_shapes.json"
+
+# The reference's fixed output scales; text's comes from the checkpoint (42 in the fixture).
+SCALES = {
+    "vision": 1.0,
+    "video": 1.0,
+    "text": 42.0,
+    "audio": 20.0,
+    "depth": 5.0,
+    "thermal": 10.0,
+    "imu": 5.0,
+}
+
+
+def fixture_files(manifest: dict, modality: str) -> list[Path]:
+    return [INPUTS / name for name in manifest[modality]]

@@ -1,0 +1,140 @@
+"""Images, depth and thermal maps: the reference rules on inputs the fixture lacks."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ib_vectorizer.errors import MediaError
+from ib_vectorizer.preprocess.constants import CLIP_MEAN, CLIP_STD
+from ib_vectorizer.preprocess.grayscale import load_depth, load_thermal
+from ib_vectorizer.preprocess.image import load_image
+
+from .fixture_data import INPUTS
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def gradient(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    """A smooth, asymmetric test picture, so a wrong crop or flip shows."""
+    y, x = np.mgrid[0:height, 0:width]
+    channels = [
+        (255 * x / max(width - 1, 1)),
+        (255 * y / max(height - 1, 1)),
+        (127 + 120 * np.sin(x / 9.0) * np.cos(y / 13.0)),
+    ]
+    rgb = np.stack(channels, axis=-1).round().astype(np.uint8)
+    return Image.fromarray(rgb, "RGB").convert(mode)
+
+
+def by_hand(image: Image.Image, channels: int = 3) -> torch.Tensor:
+    """The rule written out with plain Pillow and numpy, independent of torchvision."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(224 * long / short)
+    size = (224, new_long) if width <= height else (new_long, 224)
+    resized = image.resize(size, Image.Resampling.BICUBIC)
+    left = round((resized.width - 224) / 2.0)
+    top = round((resized.height - 224) / 2.0)
+    cropped = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255
+    if cropped.ndim == 2:
+        cropped = cropped[..., None]
+    mean = np.array(CLIP_MEAN[:channels], dtype=np.float32)
+    std = np.array(CLIP_STD[:channels], dtype=np.float32)
+    return torch.from_numpy(((cropped - mean) / std).transpose(2, 0, 1).copy())
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt"),
+    [((640, 480), "JPEG"), ((300, 517), "PNG"), ((100, 90), "WEBP"), ((224, 224), "BMP"),
+     ((1001, 224), "PNG"), ((37, 300), "BMP")],
+)  # fmt: skip
+def test_image_rule_on_new_sizes_and_formats(size, fmt):
+    image = gradient(*size)
+    data = encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    decoded = Image.open(io.BytesIO(data)).convert("RGB")
+    out = load_image(data)
+    assert out.shape == (3, 224, 224) and out.dtype == torch.float32
+    torch.testing.assert_close(out, by_hand(decoded), atol=1e-5, rtol=0)
+
+
+def test_alpha_is_dropped_not_composited():
+    rgba = gradient(320, 240, "RGBA")
+    pixels = np.asarray(rgba).copy()
+    pixels[..., 3] = 0  # fully transparent: compositing would turn it all black or white
+    transparent = Image.fromarray(pixels, "RGBA")
+    torch.testing.assert_close(
+        load_image(encode(transparent, "PNG")), load_image(encode(rgba.convert("RGB"), "PNG"))
+    )
+
+
+def test_gif_uses_its_first_frame():
+    red = Image.new("RGB", (300, 300), (255, 0, 0))
+    blue = Image.new("RGB", (300, 300), (0, 0, 255))
+    buffer = io.BytesIO()
+    red.save(buffer, format="GIF", save_all=True, append_images=[blue], duration=100)
+    out = load_image(buffer.getvalue())
+    expected_red = (1.0 - CLIP_MEAN[0]) / CLIP_STD[0]
+    assert out[0].mean().item() == pytest.approx(expected_red, abs=1e-2)
+
+
+def test_grayscale_image_becomes_three_equal_channels():
+    out = load_image(encode(gradient(256, 256, "L"), "PNG"))
+    raw = out * torch.tensor(CLIP_STD)[:, None, None] + torch.tensor(CLIP_MEAN)[:, None, None]
+    torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("loader", [load_depth, load_thermal])
+def test_eight_bit_maps_follow_the_single_channel_rule(loader):
+    image = gradient(400, 260, "L")
+    out = loader(encode(image, "PNG"))
+    assert out.shape == (1, 224, 224)
+    torch.testing.assert_close(out, by_hand(image, channels=1), atol=1e-5, rtol=0)
+
+
+def test_colour_depth_map_is_reduced_to_luma():
+    image = gradient(300, 300)
+    torch.testing.assert_close(
+        load_depth(encode(image, "PNG")), by_hand(image.convert("L"), channels=1), atol=1e-5, rtol=0
+    )
+
+
+def sixteen_bit_png(values: np.ndarray) -> bytes:
+    return encode(Image.fromarray(values.astype(np.uint16)), "PNG")
+
+
+def test_sixteen_bit_depth_becomes_disparity():
+    depth_mm = np.full((224, 224), 4000, dtype=np.uint16)
+    depth_mm[:, :112] = 1000  # left half four times nearer
+    depth_mm[0, 0] = 0  # no measurement
+    out = load_depth(sixteen_bit_png(depth_mm))
+    pixels = (out[0] * CLIP_STD[0] + CLIP_MEAN[0]) * 255
+    assert pixels[100, 50].item() == pytest.approx(255, abs=0.5)  # nearest → brightest
+    assert pixels[100, 170].item() == pytest.approx(255 / 4, abs=1.0)
+    assert pixels[0, 0].item() == pytest.approx(0, abs=1.0)
+
+
+def test_sixteen_bit_thermal_is_scaled_min_to_max():
+    counts = np.tile(np.linspace(20000, 30000, 224), (224, 1))
+    out = load_thermal(sixteen_bit_png(counts))
+    pixels = (out[0] * CLIP_STD[0] + CLIP_MEAN[0]) * 255
+    assert pixels[:, 0].mean().item() == pytest.approx(0, abs=1.5)
+    assert pixels[:, -1].mean().item() == pytest.approx(255, abs=1.5)
+
+
+def test_sixteen_bit_depth_without_any_valid_pixel_is_an_error():
+    with pytest.raises(MediaError, match="no valid"):
+        load_depth(sixteen_bit_png(np.zeros((64, 64))))
+
+
+def test_fixture_images_decode_from_bytes():
+    for name in ["image_rgb.jpg", "image_rgba.png", "image_gray.png"]:
+        assert load_image((INPUTS / name).read_bytes()).shape == (3, 224, 224)
