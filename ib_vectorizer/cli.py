@@ -164,6 +164,34 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    from .serving.settings import add_server_flags
+
+    parser = commands.add_parser(
+        "serve",
+        help="run the multi2vec-bind inference server for Weaviate",
+        description="Serve Weaviate's multi2vec-bind protocol. Every flag has an environment "
+        "variable; flags win.",
+    )
+    add_server_flags(parser)
+    parser.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .serving.server import serve
+    from .serving.settings import settings_from
+
+    return asyncio.run(serve(settings_from(args)))
+
+
+def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    from .serving.bench import add_bench_parser as add
+
+    add(commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ib-vectorizer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -171,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_embed_parser(commands)
     add_download_parser(commands)
+    add_serve_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

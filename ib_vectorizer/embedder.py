@@ -56,6 +56,29 @@ class Embedder:
             out = self.model.embed(modality.encoder, batch, normalize=self.normalize)
         return out.float().cpu()
 
+    def example_batch(self, modality: Modality | str, batch: int = 1) -> torch.Tensor:
+        """Zeros shaped like ``batch`` preprocessed items, for warming up kernels."""
+        c = self.model.config
+        size = c.image_size
+        shapes = {
+            Modality.VISION: (3, size, size),
+            Modality.VIDEO: (Modality.VIDEO.views_per_item, 3, c.video_frames, size, size),
+            Modality.AUDIO: (Modality.AUDIO.views_per_item, 1, c.audio_num_mel_bins,
+                             c.audio_target_len),
+            Modality.DEPTH: (1, size, size),
+            Modality.THERMAL: (1, size, size),
+            Modality.IMU: (c.imu_channels, c.imu_samples),
+        }  # fmt: skip
+        modality = Modality(modality)
+        if modality is Modality.TEXT:
+            return torch.zeros(batch, c.context_length, dtype=torch.int64)
+        return torch.zeros(batch, *shapes[modality])
+
+    def warm_up(self) -> None:
+        """Run every modality once so the first real request pays no start-up cost."""
+        for modality in Modality:
+            self.embed_tensors(modality, self.example_batch(modality))
+
     def embed(
         self, modality: Modality | str, items: Sequence[bytes | str], batch_size: int = 16
     ) -> np.ndarray:

@@ -1,0 +1,362 @@
+"""The inference engine: decode in a worker pool, batch across requests, run replicas.
+
+Nothing here knows HTTP. The HTTP layer hands :meth:`Engine.embed` the
+items of one request and maps the exceptions it raises to status codes:
+:class:`~ib_vectorizer.errors.InputError` (bad item), :class:`Overloaded`
+(admission limit), :class:`~.queue.DeadlineExceeded` (too slow),
+:class:`NotReady`.
+
+Two engines share loading, readiness and decoding:
+
+* :class:`BatchingEngine` (default): items of all concurrent requests meet in
+  per-modality queues; one thread per model replica takes batches from them.
+* :class:`BaselineEngine`: one request at a time under a lock, batching only
+  inside the request, like Weaviate's reference container; the benchmark's
+  yardstick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..checkpoints import resolve_checkpoint
+from ..embedder import Embedder
+from ..errors import InputError, MediaError
+from ..modalities import Modality
+from ..model import create_model
+from ..preprocess import load_item, loader_for
+from .metrics import ServerMetrics
+from .queue import BatchQueue, DeadlineExceeded, WorkItem
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+Items = Mapping[Modality, Sequence[str | bytes]]
+
+
+class Overloaded(Exception):
+    """Admitting the request would exceed IB_MAX_QUEUE items in flight."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("server is at capacity; retry shortly")
+        self.retry_after_s = retry_after_s
+
+
+class NotReady(Exception):
+    """The model is still loading, or the server is shutting down."""
+
+
+def decode_base64(text: str | bytes) -> bytes:
+    """Standard base64 (a ``data:...;base64,`` prefix is tolerated)."""
+    if isinstance(text, str):
+        if text.startswith("data:") and "," in text:
+            text = text.split(",", 1)[1]
+        text = text.encode("ascii", errors="strict") if text.isascii() else None
+    if text is None:
+        raise MediaError("not valid base64 (non-ASCII characters)")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise MediaError("not valid base64") from None
+
+
+def cpu_threads_per_replica(settings: ServerSettings, cpu_replicas: int) -> int:
+    """Intra-op threads for CPU replicas: what the decoding pool leaves over, at least one.
+
+    Decoding runs in its own threads at the same time, so letting each model call
+    take every core (PyTorch's default) only makes the two fight over them.
+    """
+    if settings.torch_threads:
+        return settings.torch_threads
+    cores = os.cpu_count() or 1
+    return max(1, cores // (cpu_replicas + 1))
+
+
+def load_embedders(settings: ServerSettings) -> list[Embedder]:
+    """One embedder per configured device; devices named twice share one model."""
+    devices = settings.device_list(torch.cuda.is_available())
+    cpu_replicas = sum(1 for device in devices if device == "cpu")
+    if cpu_replicas and settings.mode == "batched":
+        torch.set_num_threads(cpu_threads_per_replica(settings, cpu_replicas))
+    checkpoint = None if settings.random_weights else resolve_checkpoint(settings.checkpoint)
+    models: dict[str, torch.nn.Module] = {}
+    embedders = []
+    for device in devices:
+        if device not in models:
+            dtype = settings.dtype or ("float16" if device.startswith("cuda") else "float32")
+            model = create_model(
+                settings.model,
+                checkpoint=checkpoint,
+                random_seed=0 if checkpoint is None else None,
+                device=device,
+                dtype=getattr(torch, dtype),
+            )
+            if settings.compile:
+                for trunk in model.modality_trunks.values():
+                    trunk.compile(dynamic=True)
+            models[device] = model
+        embedders.append(Embedder(models[device], normalize=settings.normalize))
+    return embedders
+
+
+class Engine:
+    """Shared life cycle: load in the background, warm up, report ready, drain."""
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.embedders: list[Embedder] = []
+        self.state = "starting"  # starting → ready → draining; or failed
+        self.failure: str | None = None
+        self.loaded = threading.Event()
+        self.in_flight = 0  # requests inside embed(); only touched on the event loop
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.preprocess_workers or os.cpu_count() or 2,
+            thread_name_prefix="preprocess",
+        )
+        self._video_loader = loader_for(Modality.VIDEO, settings.max_video_seconds)
+
+    @property
+    def max_request_items(self) -> int:
+        """A request larger than the admission limit could never be admitted: 413, not 503."""
+        return min(self.settings.max_items, self.settings.max_queue)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def load(self) -> None:
+        """Load and warm up the model replicas (blocking; run it in a thread)."""
+        try:
+            started = time.perf_counter()
+            self.embedders = load_embedders(self.settings)
+            for embedder in self.embedders:
+                embedder.warm_up()
+            self._on_loaded()
+            self.state = "ready"
+            log.info(
+                "ready: %d replica(s) on %s, loaded and warmed up in %.1f s",
+                len(self.embedders),
+                ", ".join(str(e.device) for e in self.embedders),
+                time.perf_counter() - started,
+            )
+        except Exception as err:
+            self.state = "failed"
+            self.failure = str(err)
+            log.exception("model failed to load: %s", err)
+        finally:
+            self.loaded.set()
+
+    def _on_loaded(self) -> None:
+        """Start whatever runs the replicas."""
+
+    def drain(self) -> None:
+        """Stop answering ready; requests in flight still finish."""
+        if self.state == "ready":
+            self.state = "draining"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def meta(self) -> dict:
+        first = self.embedders[0] if self.embedders else None
+        return {
+            "model": self.settings.model,
+            "checkpoint": "random" if self.settings.random_weights else
+            str(self.settings.checkpoint or "default"),
+            "embeddingDim": first.model.config.out_embed_dim if first else None,
+            "modalities": [m.value for m in Modality],
+            "devices": [str(e.device) for e in self.embedders],
+            "dtype": str(first.dtype).removeprefix("torch.") if first else None,
+            "normalized": self.settings.normalize,
+            "mode": self.settings.mode,
+            "maxBatchViews": self.settings.max_batch,
+            "state": self.state,
+            "version": __version__,
+        }  # fmt: skip
+
+    def prepare(self, modality: Modality, index: int, raw: str | bytes) -> torch.Tensor:
+        """One wire item → model input (runs in the worker pool)."""
+        started = time.perf_counter()
+        if modality is Modality.TEXT:
+            data = raw
+        else:
+            try:
+                data = decode_base64(raw)
+            except MediaError as err:
+                raise InputError(modality.value, index, str(err)) from None
+        loader = self._video_loader if modality is Modality.VIDEO else None
+        tensor = load_item(modality, data, index, loader)
+        self.metrics.preprocess_seconds.labels(modality.value).observe(
+            time.perf_counter() - started
+        )
+        return tensor
+
+    async def embed(self, items: Items) -> dict[Modality, np.ndarray]:
+        """Vectors for one request's items, per modality and in order."""
+        if not self.ready:
+            raise NotReady(self.failure or self.state)
+        self.in_flight += 1
+        try:
+            return await self._embed(items)
+        finally:
+            self.in_flight -= 1
+
+    async def _embed(self, items: Items) -> dict[Modality, np.ndarray]:
+        raise NotImplementedError
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, self.embedders[0].model.config.out_embed_dim), dtype=np.float32)
+
+
+class BatchingEngine(Engine):
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
+        super().__init__(settings, metrics)
+        self.queue = BatchQueue(settings.max_batch, settings.max_wait_ms / 1000)
+        metrics.watch_queue(self.queue.depth)
+        self._admitted = 0
+        self._admit_lock = threading.Lock()
+        self._replicas: list[threading.Thread] = []
+
+    def _on_loaded(self) -> None:
+        for number, embedder in enumerate(self.embedders):
+            thread = threading.Thread(
+                target=self._run_replica, args=(embedder,), name=f"replica-{number}", daemon=True
+            )
+            thread.start()
+            self._replicas.append(thread)
+
+    def _run_replica(self, embedder: Embedder) -> None:
+        device = str(embedder.device)
+        while (batch := self.queue.next_batch()) is not None:
+            modality = batch[0].modality
+            started = time.monotonic()
+            for item in batch:
+                self.metrics.queue_wait_seconds.labels(modality.value).observe(
+                    started - item.enqueued_at
+                )
+            try:
+                vectors = embedder.embed_tensors(modality, torch.stack([i.inputs for i in batch]))
+            except Exception as err:
+                log.exception("batch of %d %s item(s) failed on %s", len(batch), modality, device)
+                for item in batch:
+                    item.future.set_exception(err)
+                continue
+            self.metrics.compute_seconds.labels(modality.value, device).observe(
+                time.monotonic() - started
+            )
+            self.metrics.batch_items.labels(modality.value).observe(len(batch))
+            self.metrics.batch_views.labels(modality.value).observe(
+                len(batch) * modality.views_per_item
+            )
+            self.metrics.items.labels(modality.value).inc(len(batch))
+            for item, vector in zip(batch, vectors.numpy(), strict=True):
+                item.future.set_result(vector)
+
+    def _admit(self, count: int) -> None:
+        with self._admit_lock:
+            if self._admitted + count > self.settings.max_queue:
+                raise Overloaded(retry_after_s=1.0)
+            self._admitted += count
+
+    def _release(self, count: int) -> None:
+        with self._admit_lock:
+            self._admitted -= count
+
+    async def _embed(self, items: Items) -> dict[Modality, np.ndarray]:
+        count = sum(len(v) for v in items.values())
+        self._admit(count)
+        try:
+            return await self._decode_and_queue(items)
+        finally:
+            self._release(count)
+
+    async def _decode_and_queue(self, items: Items) -> dict[Modality, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        deadline = self.queue.clock() + self.settings.request_timeout_s
+        keys = [(m, i) for m, values in items.items() for i in range(len(values))]
+        decoding = [
+            loop.run_in_executor(self._pool, self.prepare, m, i, items[m][i]) for m, i in keys
+        ]
+        decoded = await asyncio.gather(*decoding, return_exceptions=True)
+        for result in decoded:
+            if isinstance(result, BaseException):
+                raise result
+        work = [
+            WorkItem(modality=m, inputs=tensor, deadline=deadline)
+            for (m, _), tensor in zip(keys, decoded, strict=True)
+        ]
+        self.queue.put(work)
+        waiting = [asyncio.wrap_future(item.future) for item in work]
+        try:
+            remaining = max(0.0, deadline - self.queue.clock())
+            vectors = await asyncio.wait_for(asyncio.gather(*waiting), timeout=remaining)
+        except TimeoutError:
+            for item in work:
+                item.future.cancel()
+            raise DeadlineExceeded() from None
+        except BaseException:
+            for item in work:
+                item.future.cancel()
+            raise
+        out: dict[Modality, list[np.ndarray]] = {m: [] for m in items}
+        for (m, _), vector in zip(keys, vectors, strict=True):
+            out[m].append(vector)
+        return {m: np.stack(v) if v else self._empty() for m, v in out.items()}
+
+    def close(self) -> None:
+        self.queue.close()
+        for thread in self._replicas:
+            thread.join(timeout=30)
+        super().close()
+
+
+class BaselineEngine(Engine):
+    """One request at a time, decoding and embedding inside the request (the reference's way)."""
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
+        super().__init__(settings, metrics)
+        self._lock = asyncio.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baseline")
+
+    async def _embed(self, items: Items) -> dict[Modality, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                async with self._lock:
+                    return await loop.run_in_executor(self._worker, self._embed_now, items)
+        except TimeoutError:
+            raise DeadlineExceeded() from None
+
+    def _embed_now(self, items: Items) -> dict[Modality, np.ndarray]:
+        embedder = self.embedders[0]
+        out = {}
+        for modality, values in items.items():
+            if not values:
+                out[modality] = self._empty()
+                continue
+            batch = torch.stack([self.prepare(modality, i, raw) for i, raw in enumerate(values)])
+            out[modality] = embedder.embed_tensors(modality, batch).numpy()
+            self.metrics.items.labels(modality.value).inc(len(values))
+        return out
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+        super().close()
+
+
+def create_engine(settings: ServerSettings, metrics: ServerMetrics) -> Engine:
+    engine_class = BaselineEngine if settings.mode == "baseline" else BatchingEngine
+    return engine_class(settings, metrics)

@@ -1,0 +1,176 @@
+"""The HTTP layer: Weaviate's ``multi2vec-bind`` protocol over aiohttp.
+
+Routes: ``/.well-known/live``, ``/.well-known/ready`` (answered at once from
+the event loop), ``/meta``, ``/vectorize``, ``/metrics``. Every answer other
+than 200/204 is a JSON object with an ``error`` string, because Weaviate's
+client reports exactly that field.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..errors import InputError
+from ..modalities import Modality
+from .engine import Engine, NotReady, Overloaded
+from .protocol import REQUEST_KEYS, RESPONSE_KEYS, WIRE_NAME
+from .queue import DeadlineExceeded
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = ("/.well-known/live", "/.well-known/ready")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RequestError(Exception):
+    """A client error with its HTTP status."""
+
+    def __init__(self, status: int, message: str, kind: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.headers = headers or {}
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def parse_vectorize_body(body: bytes, max_items: int) -> dict[Modality, list[str]]:
+    """The request JSON → items per modality, or a RequestError saying what is wrong."""
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"request body is not valid JSON: {err}", "bad_json") from None
+    if not isinstance(payload, dict):
+        raise RequestError(400, "request body must be a JSON object", "bad_json")
+    unknown = sorted(set(payload) - set(REQUEST_KEYS))
+    if unknown:
+        raise RequestError(
+            400,
+            f"unknown field(s) {', '.join(map(repr, unknown))}; expected any of "
+            f"{', '.join(REQUEST_KEYS)}",
+            "bad_request",
+        )
+    items: dict[Modality, list[str]] = {}
+    for key, modality in REQUEST_KEYS.items():
+        values = payload.get(key)
+        if values is None:
+            values = []
+        if not isinstance(values, list):
+            raise RequestError(400, f"'{key}' must be a list of strings", "bad_request")
+        for index, value in enumerate(values):
+            if not isinstance(value, str):
+                raise RequestError(
+                    400, f"{key}[{index}]: must be a string, not {type(value).__name__}",
+                    "bad_request",
+                )  # fmt: skip
+        items[modality] = values
+    count = sum(map(len, items.values()))
+    if count > max_items:
+        raise RequestError(
+            413,
+            f"request has {count} items; the limit is {max_items} (IB_MAX_ITEMS, IB_MAX_QUEUE)",
+            "too_large",
+        )
+    return items
+
+
+def vectorize_response(vectors: dict) -> web.Response:
+    body = {RESPONSE_KEYS[m]: vectors[m].tolist() if m in vectors else [] for m in RESPONSE_KEYS}
+    return web.json_response(body)
+
+
+def create_app(engine: Engine, api_key: str | None = None) -> web.Application:
+    metrics = engine.metrics
+
+    @web.middleware
+    async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            if api_key and request.path not in OPEN_PATHS:
+                _check_api_key(request, api_key)
+            response = await handler(request)
+        except RequestError as err:
+            metrics.errors.labels(err.kind).inc()
+            response = error_response(err.status, str(err), err.headers)
+        except web.HTTPRequestEntityTooLarge:
+            metrics.errors.labels("too_large").inc()
+            response = error_response(
+                413,
+                f"request body is larger than the limit of {engine.settings.max_body_mb:g} MiB "
+                "(IB_MAX_BODY_MB)",
+            )
+        except web.HTTPException as err:  # 404, 405, ... as JSON too
+            allow = {"Allow": err.headers["Allow"]} if "Allow" in err.headers else None
+            message = f"{err.reason}: {request.method} {request.path}"
+            response = error_response(err.status, message, allow)
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            metrics.errors.labels("internal").inc()
+            response = error_response(500, "internal server error; see the server log")
+        metrics.requests.labels(_path_label(request), str(response.status)).inc()
+        if request.path == "/vectorize":
+            metrics.request_seconds.observe(time.perf_counter() - started)
+        return response
+
+    async def live(_: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def ready(_: web.Request) -> web.Response:
+        return web.Response(status=204 if engine.ready else 503)
+
+    async def meta(_: web.Request) -> web.Response:
+        return web.json_response(engine.meta())
+
+    async def prometheus(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def vectorize(request: web.Request) -> web.Response:
+        items = parse_vectorize_body(await request.read(), engine.max_request_items)
+        try:
+            vectors = await engine.embed(items)
+        except InputError as err:
+            where = f"{WIRE_NAME[Modality(err.modality)]}[{err.index}]"
+            raise RequestError(400, f"{where}: {err.reason}", "bad_input") from None
+        except Overloaded as err:
+            retry = {"Retry-After": str(max(1, round(err.retry_after_s)))}
+            raise RequestError(503, str(err), "overloaded", retry) from None
+        except DeadlineExceeded:
+            limit = engine.settings.request_timeout_s
+            message = f"request not finished within {limit:g} s (IB_REQUEST_TIMEOUT_S)"
+            raise RequestError(504, message, "timeout") from None
+        except NotReady as err:
+            retry = {"Retry-After": "5"}
+            raise RequestError(503, f"model not ready ({err})", "not_ready", retry) from None
+        return vectorize_response(vectors)
+
+    app = web.Application(
+        middlewares=[errors_as_json], client_max_size=engine.settings.max_body_bytes
+    )
+    app.router.add_get("/.well-known/live", live)  # add_get answers HEAD too
+    app.router.add_get("/.well-known/ready", ready)
+    app.router.add_get("/meta", meta)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_post("/vectorize", vectorize)
+    return app
+
+
+def _check_api_key(request: web.Request, api_key: str) -> None:
+    header = request.headers.get("Authorization", "")
+    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    given = given or request.headers.get("X-API-Key", "")
+    if not hmac.compare_digest(given.encode(), api_key.encode()):
+        raise RequestError(401, "missing or wrong API key (Authorization: Bearer KEY)", "auth")
+
+
+def _path_label(request: web.Request) -> str:
+    route = request.match_info.route.resource
+    return route.canonical if route is not None else "other"
