@@ -4,9 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test lint fixtures
+.PHONY: setup test lint weaviate
 
-setup: $(STAMP)
+setup: $(STAMP) weaviate
+
+# The real Weaviate server, where weaviate-client's embedded mode finds it:
+# found (instant), else built with `go install`, else the release download.
+weaviate: $(STAMP)
+	$(BIN)/python -m pipelines.weaviate_binary
 
 # Re-runs only when the dependency list changed; a second `make setup` is instant.
 $(STAMP): pyproject.toml

@@ -186,6 +186,37 @@ def run_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings_from(args)))
 
 
+def add_stack_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "stack",
+        help="run our inference server plus an embedded Weaviate wired to it",
+        description="Start the local stack and keep it running until Ctrl-C or SIGTERM.",
+    )
+    parser.add_argument("--data-dir", default=None, help="where Weaviate keeps its data and logs")
+    parser.add_argument("--model", default=os.environ.get("IB_MODEL"), help="env IB_MODEL")
+    parser.add_argument(
+        "--checkpoint", default=os.environ.get("IB_CHECKPOINT"), help="env IB_CHECKPOINT"
+    )
+    parser.set_defaults(run=run_stack)
+
+
+def run_stack(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from pipelines.stack import LocalStack
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with LocalStack(args.data_dir, model=args.model, checkpoint=args.checkpoint) as stack:
+        for line in stack.endpoints.lines():
+            print(line, flush=True)
+        stop.wait()
+        log.info("stopping the stack")
+    return 0
+
+
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     from .serving.bench import add_bench_parser as add
 
@@ -200,11 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_embed_parser(commands)
     add_download_parser(commands)
     add_serve_parser(commands)
+    add_stack_parser(commands)
     add_bench_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines.stack import StackError
+
     from .checkpoints import CheckpointError
 
     args = build_parser().parse_args(argv)
@@ -213,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (CheckpointError, ValueError) as err:
+    except (CheckpointError, ValueError, StackError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_SETUP
     except KeyboardInterrupt:

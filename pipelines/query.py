@@ -1,0 +1,162 @@
+"""``ib-query``: near-media and near-text search in a collection, from the command line.
+
+Without ``--weaviate-url`` it starts the local stack (``pipelines.stack``) on
+its data directory, queries, and stops it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlparse
+
+EXIT_FAILED = 1
+
+# --near-X flag → weaviate NearMediaType member name (None: near_text)
+NEAR_FLAGS = {
+    "image": "IMAGE",
+    "audio": "AUDIO",
+    "video": "VIDEO",
+    "depth": "DEPTH",
+    "thermal": "THERMAL",
+    "imu": "IMU",
+    "text": None,
+}
+
+
+class QueryError(Exception):
+    """A failure worth one clear line to the user."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ib-query", description="Search a multi2vec-bind collection by media or text."
+    )
+    parser.add_argument("--collection", required=True)
+    near = parser.add_mutually_exclusive_group(required=True)
+    for name in NEAR_FLAGS:
+        metavar = "TEXT" if name == "text" else "FILE"
+        near.add_argument(f"--near-{name}", metavar=metavar, help=f"query by {name}")
+    parser.add_argument("--limit", type=int, default=10)
+    parser.add_argument("--weaviate-url", help="a running Weaviate (default: the local stack)")
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="Weaviate's gRPC port (default 50051)")  # fmt: skip
+    parser.add_argument("--data-dir", help="the local stack's data directory")
+    parser.add_argument("--model", default=os.environ.get("IB_MODEL"),
+                        help="for the local stack's vectorizer (env IB_MODEL)")  # fmt: skip
+    parser.add_argument("--checkpoint", default=os.environ.get("IB_CHECKPOINT"),
+                        help="for the local stack's vectorizer (env IB_CHECKPOINT)")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="one JSON object per hit")
+    return parser
+
+
+def connect(args: argparse.Namespace, resources: ExitStack):
+    """A client for --weaviate-url, or for a local stack started (and stopped) here."""
+    import weaviate
+
+    if args.weaviate_url:
+        url = urlparse(args.weaviate_url)
+        if not url.hostname:
+            raise QueryError(f"not a URL: {args.weaviate_url}")
+        try:
+            client = weaviate.connect_to_custom(
+                http_host=url.hostname,
+                http_port=url.port or (443 if url.scheme == "https" else 80),
+                http_secure=url.scheme == "https",
+                grpc_host=url.hostname,
+                grpc_port=args.grpc_port or 50051,
+                grpc_secure=url.scheme == "https",
+            )
+        except Exception as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise QueryError(f"cannot reach Weaviate at {args.weaviate_url}: {reason}") from None
+    else:
+        from .stack import LocalStack, StackError
+
+        stack = LocalStack(args.data_dir, model=args.model, checkpoint=args.checkpoint)
+        try:
+            resources.enter_context(stack)
+        except StackError as err:
+            raise QueryError(f"cannot start the local stack: {err}") from None
+        client = stack.client()
+    resources.callback(client.close)
+    return client
+
+
+def search(client, args: argparse.Namespace) -> list[dict]:
+    from weaviate.classes.config import DataType
+    from weaviate.classes.query import MetadataQuery, NearMediaType
+
+    if not client.collections.exists(args.collection):
+        raise QueryError(f"collection {args.collection!r} does not exist")
+    collection = client.collections.get(args.collection)
+    shown = [p.name for p in collection.config.get().properties if p.data_type != DataType.BLOB]
+    options = {"limit": args.limit, "return_metadata": MetadataQuery(distance=True),
+               "return_properties": shown}  # fmt: skip
+    kind, value = next((k, getattr(args, f"near_{k}")) for k in NEAR_FLAGS
+                       if getattr(args, f"near_{k}") is not None)  # fmt: skip
+    if kind == "text":
+        result = collection.query.near_text(query=value, **options)
+    else:
+        try:
+            media = Path(value).read_bytes()
+        except OSError as err:
+            raise QueryError(f"cannot read {value}: {err.strerror}") from None
+        import base64
+
+        result = collection.query.near_media(
+            media=base64.b64encode(media).decode(),
+            media_type=getattr(NearMediaType, NEAR_FLAGS[kind]),
+            **options,
+        )
+    return [
+        {"id": str(o.uuid), "distance": o.metadata.distance, "properties": dict(o.properties)}
+        for o in result.objects
+    ]
+
+
+def print_hits(hits: list[dict], as_json: bool) -> None:
+    if as_json:
+        for hit in hits:
+            print(json.dumps(hit, default=str))
+        return
+    if not hits:
+        print("no results")
+        return
+    print(f"{'#':>3}  {'distance':>9}  {'id':36}  properties")
+    for rank, hit in enumerate(hits, start=1):
+        props = ", ".join(f"{k}={_short(v)}" for k, v in sorted(hit["properties"].items()))
+        print(f"{rank:>3}  {hit['distance']:9.5f}  {hit['id']:36}  {props}")
+
+
+def _short(value: object, width: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.limit < 1:
+        print("ib-query: --limit must be at least 1", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        with ExitStack() as resources:
+            client = connect(args, resources)
+            hits = search(client, args)
+    except QueryError as err:
+        print(f"ib-query: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as err:  # weaviate-client errors: one line, not a traceback
+        print(f"ib-query: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    print_hits(hits, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

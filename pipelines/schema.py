@@ -1,0 +1,142 @@
+"""Collections vectorized by ``multi2vec-bind``: one call to create, one rule to combine.
+
+A collection is described by its media fields (which property holds which
+modality, with an optional weight) and any metadata properties. Media are
+stored as BLOB properties (base64), text as TEXT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ib_vectorizer.modalities import Modality
+
+# Weaviate concatenates an object's vectors in this modality order.
+WEAVIATE_MODALITY_ORDER = (
+    Modality.TEXT, Modality.VISION, Modality.AUDIO, Modality.VIDEO, Modality.IMU,
+    Modality.THERMAL, Modality.DEPTH,
+)  # fmt: skip
+# The ``Configure.Vectors.multi2vec_bind`` keyword for each modality.
+CONFIG_KEYWORD = {
+    Modality.TEXT: "text_fields",
+    Modality.VISION: "image_fields",
+    Modality.AUDIO: "audio_fields",
+    Modality.VIDEO: "video_fields",
+    Modality.IMU: "imu_fields",
+    Modality.THERMAL: "thermal_fields",
+    Modality.DEPTH: "depth_fields",
+}
+SOURCE_ID = "source_id"  # where pipelines keep the id an object was made from
+DEFAULT_VECTOR_NAME = "imagebind"
+
+
+@dataclass(frozen=True)
+class MediaField:
+    """Property ``name`` holds ``modality``; ``weight`` is its share in the object's vector."""
+
+    name: str
+    modality: Modality
+    weight: float | None = None
+
+    @property
+    def data_type(self):
+        from weaviate.classes.config import DataType
+
+        return DataType.TEXT if self.modality is Modality.TEXT else DataType.BLOB
+
+
+def bind_vector_config(fields: Sequence[MediaField], name: str = DEFAULT_VECTOR_NAME):
+    """The named-vector config for ``fields``.
+
+    Within a modality Weaviate pairs vectors (sorted by property name) with
+    weights (in config order), so fields are listed sorted by name: then the
+    two orders agree and every weight lands on its own field.
+    """
+    from weaviate.classes.config import Configure, Multi2VecField
+
+    weighted = any(f.weight is not None for f in fields)
+    if weighted and any(f.weight is None for f in fields):
+        raise ValueError("give every media field a weight, or none")
+    options: dict[str, list] = {}
+    for field in sorted(fields, key=lambda f: f.name):
+        entry = Multi2VecField(name=field.name, weight=field.weight) if weighted else field.name
+        options.setdefault(CONFIG_KEYWORD[field.modality], []).append(entry)
+    return Configure.Vectors.multi2vec_bind(name=name, **options)
+
+
+def _weaviate_module_config(vector_config) -> dict:
+    """The named-vector config as Weaviate reads it.
+
+    weaviate-client (4.23) writes the IMU keys as ``IMUFields``, but Weaviate's
+    ``multi2vec-bind`` reads ``imuFields``, so an IMU property would silently
+    never be vectorized. We send the corrected keys.
+    """
+    config = vector_config._to_dict()
+    module = config["vectorizer"]["multi2vec-bind"]
+    for section in (module, module.get("weights", {})):
+        if "IMUFields" in section:
+            section["imuFields"] = section.pop("IMUFields")
+    return config
+
+
+def create_bind_collection(
+    client,
+    name: str,
+    fields: Sequence[MediaField],
+    metadata: Mapping[str, object] | None = None,
+    vector_name: str = DEFAULT_VECTOR_NAME,
+):
+    """Create (or return, if it exists) a collection vectorized by our server via Weaviate.
+
+    ``metadata`` maps extra property names to ``weaviate.classes.config.DataType``;
+    a ``source_id`` TEXT property is always added so objects can be found from
+    their source.
+    """
+    from weaviate.classes.config import DataType
+
+    if client.collections.exists(name):
+        return client.collections.get(name)
+    types = {f.name: f.data_type for f in fields}
+    for key, data_type in {SOURCE_ID: DataType.TEXT, **(metadata or {})}.items():
+        types.setdefault(key, data_type)
+    vector_config = _weaviate_module_config(bind_vector_config(fields, vector_name))
+    return client.collections.create_from_dict(
+        {
+            "class": name,
+            "properties": [{"name": k, "dataType": [v.value]} for k, v in types.items()],
+            "vectorConfig": {vector_name: vector_config},
+        }
+    )
+
+
+def combine_like_weaviate(
+    vectors: Mapping[str, np.ndarray], fields: Sequence[MediaField]
+) -> np.ndarray:
+    """The vector Weaviate stores for an object whose present fields embed to ``vectors``.
+
+    Weaviate's rule (``multi2vec-bind`` vectorizer, ``CombineVectorsWithWeights``):
+    the present fields' vectors in modality order (text, image, audio, video,
+    imu, thermal, depth; by property name within one); the weights of *all*
+    configured fields in the same modality order (config order within one,
+    which :func:`bind_vector_config` makes the name order), normalised to sum 1;
+    the i-th vector takes the i-th weight; the result is ``sum(w_i · v_i) / n``
+    over the n present vectors, or their plain mean without weights. Vectors
+    are not normalised first.
+    """
+    ordered = [
+        f for m in WEAVIATE_MODALITY_ORDER for f in sorted(fields, key=lambda f: f.name)
+        if f.modality is m
+    ]  # fmt: skip
+    present = [np.asarray(vectors[f.name], dtype=np.float64) for f in ordered if f.name in vectors]
+    if not present:
+        raise ValueError("no field of the object has a vector")
+    stacked = np.stack(present)
+    if all(f.weight is None for f in ordered):
+        return stacked.mean(axis=0).astype(np.float32)
+    weights = np.asarray([f.weight for f in ordered], dtype=np.float64)
+    weights = weights / weights.sum()
+    combined = (weights[: len(present), None] * stacked).sum(axis=0) / len(present)
+    return combined.astype(np.float32)

@@ -1,0 +1,101 @@
+"""Weaviate provisioning and the vector-combination rule, as units."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from ib_vectorizer.modalities import Modality
+from pipelines import weaviate_binary
+from pipelines.schema import MediaField, _weaviate_module_config, bind_vector_config
+from pipelines.schema import combine_like_weaviate as combine
+
+
+def test_binary_path_is_where_weaviate_client_looks(tmp_path):
+    from weaviate.embedded import EmbeddedOptions, EmbeddedV4
+
+    ours = weaviate_binary.embedded_binary_path("1.38.11", tmp_path)
+    digest = hashlib.sha256(b"v1.38.11").hexdigest()
+    assert ours == tmp_path / f"weaviate-v1.38.11-{digest}"
+    embedded = EmbeddedV4(EmbeddedOptions(binary_path=str(tmp_path), version="1.38.11"))
+    ours.write_bytes(b"#!/bin/sh\n")
+    embedded.ensure_weaviate_binary_exists()  # finds ours, so it does not download
+    assert embedded._weaviate_binary_path == ours
+
+
+def test_binary_dir_mirrors_the_clients_xdg_quirk(tmp_path):
+    assert weaviate_binary.embedded_binary_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path
+    assert weaviate_binary.embedded_binary_dir({}).parts[-2:] == (".cache", "weaviate-embedded")
+
+
+def test_provision_finds_an_existing_binary_without_building(tmp_path, monkeypatch):
+    target = weaviate_binary.embedded_binary_path("9.9.9", tmp_path)
+    target.write_bytes(b"binary")
+    monkeypatch.setenv("PATH", "")  # no go: it must not need it
+    assert weaviate_binary.provision("9.9.9", tmp_path) == (target, "found")
+
+
+def test_provision_builds_with_go_and_installs_atomically(tmp_path, monkeypatch):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    go = fake_bin / "go"
+    go.write_text('#!/bin/sh\necho "$@" > "$GOBIN/args"; echo built > "$GOBIN/weaviate-server"\n')
+    go.chmod(go.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    path, what = weaviate_binary.provision("1.2.3", tmp_path / "cache")
+    assert what.startswith("built with go install")
+    assert path.read_text() == "built\n" and os.access(path, os.X_OK)
+    assert not path.with_name(path.name + ".part").exists()
+
+
+def test_provision_failure_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+
+    def offline(version, target):
+        raise weaviate_binary.ProvisionError("offline")
+
+    monkeypatch.setattr(weaviate_binary, "download_release", offline)
+    with pytest.raises(weaviate_binary.ProvisionError, match=r"offline.*Install Go 1\.26"):
+        weaviate_binary.provision("1.2.3", tmp_path)
+
+
+FIELDS = [
+    MediaField("title", Modality.TEXT, 1.0),
+    MediaField("photo_b", Modality.VISION, 2.0),
+    MediaField("photo_a", Modality.VISION, 3.0),
+    MediaField("clip", Modality.AUDIO, 4.0),
+]
+
+
+def test_combination_follows_weaviates_order_and_weights():
+    v = {f.name: np.eye(4)[i] for i, f in enumerate(FIELDS)}
+    # order: text, image (by name: photo_a, photo_b), audio; weights sum 10, n = 4
+    expected = (1 * v["title"] + 3 * v["photo_a"] + 2 * v["photo_b"] + 4 * v["clip"]) / 10 / 4
+    np.testing.assert_allclose(combine(v, FIELDS), expected, atol=1e-7)
+
+
+def test_missing_field_shifts_weights_as_weaviate_does():
+    v = {"title": np.ones(2), "clip": np.full(2, 2.0)}
+    # Weaviate pairs the 2nd present vector (clip) with the 2nd configured weight (photo_a's 3).
+    np.testing.assert_allclose(combine(v, FIELDS), (1 * 1 + 3 * 2) / 10 / 2 * np.ones(2))
+
+
+def test_no_weights_is_the_plain_mean():
+    fields = [MediaField("a", Modality.VISION), MediaField("b", Modality.AUDIO)]
+    np.testing.assert_allclose(combine({"a": np.ones(3), "b": np.zeros(3)}, fields), 0.5)
+
+
+def test_config_uses_weaviates_own_key_for_imu():
+    fields = [MediaField("motion", Modality.IMU, 1.0), MediaField("img", Modality.VISION, 1.0)]
+    module = _weaviate_module_config(bind_vector_config(fields))["vectorizer"]["multi2vec-bind"]
+    assert module["imuFields"] == ["motion"] and module["weights"]["imuFields"] == [1.0]
+    assert "IMUFields" not in module and "IMUFields" not in module["weights"]
+
+
+def test_weights_are_all_or_none():
+    with pytest.raises(ValueError, match="every media field a weight"):
+        bind_vector_config([MediaField("a", Modality.VISION, 1.0), MediaField("b", Modality.TEXT)])
