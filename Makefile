@@ -11,7 +11,7 @@ setup: $(STAMP) weaviate
 # The real Weaviate server, where weaviate-client's embedded mode finds it:
 # found (instant), else built with `go install`, else the release download.
 weaviate: $(STAMP)
-	$(BIN)/python -m pipelines.weaviate_binary
+	$(BIN)/python -m pipelines.provision
 
 # Re-runs only when the dependency list changed; a second `make setup` is instant.
 $(STAMP): pyproject.toml

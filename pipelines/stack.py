@@ -8,7 +8,7 @@ and both stopped cleanly, also on Ctrl-C or a failure. The children die with
 us even if we are killed outright (Linux parent-death signal).
 
 Weaviate runs from the binary weaviate-client's embedded mode uses
-(``make setup`` provisions it; see :mod:`pipelines.weaviate_binary`), with the
+(``make setup`` provisions it; see :mod:`pipelines.provision`), with the
 embedded mode's settings, except that the cluster host name is fixed so the
 data directory survives restarts on new ports.
 """
@@ -28,7 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .weaviate_binary import WEAVIATE_VERSION, embedded_binary_path
+from .provision import WEAVIATE_VERSION, embedded_binary_path
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class LocalStack:
         if not self.weaviate_binary.exists():
             raise StackError(
                 f"no Weaviate binary at {self.weaviate_binary}; run `make setup` "
-                "(or `python -m pipelines.weaviate_binary`) to provision it"
+                "(or `python -m pipelines.provision`) to provision it"
             )
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         vectorizer_port, http_port, grpc_port = free_ports(3)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ib_vectorizer.modalities import Modality
-from pipelines import weaviate_binary
+from pipelines import provision
 from pipelines.schema import MediaField, _weaviate_module_config, bind_vector_config
 from pipelines.schema import combine_like_weaviate as combine
 
@@ -18,7 +18,7 @@ from pipelines.schema import combine_like_weaviate as combine
 def test_binary_path_is_where_weaviate_client_looks(tmp_path):
     from weaviate.embedded import EmbeddedOptions, EmbeddedV4
 
-    ours = weaviate_binary.embedded_binary_path("1.38.11", tmp_path)
+    ours = provision.embedded_binary_path("1.38.11", tmp_path)
     digest = hashlib.sha256(b"v1.38.11").hexdigest()
     assert ours == tmp_path / f"weaviate-v1.38.11-{digest}"
     embedded = EmbeddedV4(EmbeddedOptions(binary_path=str(tmp_path), version="1.38.11"))
@@ -28,15 +28,15 @@ def test_binary_path_is_where_weaviate_client_looks(tmp_path):
 
 
 def test_binary_dir_mirrors_the_clients_xdg_quirk(tmp_path):
-    assert weaviate_binary.embedded_binary_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path
-    assert weaviate_binary.embedded_binary_dir({}).parts[-2:] == (".cache", "weaviate-embedded")
+    assert provision.embedded_binary_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path
+    assert provision.embedded_binary_dir({}).parts[-2:] == (".cache", "weaviate-embedded")
 
 
 def test_provision_finds_an_existing_binary_without_building(tmp_path, monkeypatch):
-    target = weaviate_binary.embedded_binary_path("9.9.9", tmp_path)
+    target = provision.embedded_binary_path("9.9.9", tmp_path)
     target.write_bytes(b"binary")
     monkeypatch.setenv("PATH", "")  # no go: it must not need it
-    assert weaviate_binary.provision("9.9.9", tmp_path) == (target, "found")
+    assert provision.provision("9.9.9", tmp_path) == (target, "found")
 
 
 def test_provision_builds_with_go_and_installs_atomically(tmp_path, monkeypatch):
@@ -46,7 +46,7 @@ def test_provision_builds_with_go_and_installs_atomically(tmp_path, monkeypatch)
     go.write_text('#!/bin/sh\necho "$@" > "$GOBIN/args"; echo built > "$GOBIN/weaviate-server"\n')
     go.chmod(go.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    path, what = weaviate_binary.provision("1.2.3", tmp_path / "cache")
+    path, what = provision.provision("1.2.3", tmp_path / "cache")
     assert what.startswith("built with go install")
     assert path.read_text() == "built\n" and os.access(path, os.X_OK)
     assert not path.with_name(path.name + ".part").exists()
@@ -56,11 +56,11 @@ def test_provision_failure_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "")
 
     def offline(version, target):
-        raise weaviate_binary.ProvisionError("offline")
+        raise provision.ProvisionError("offline")
 
-    monkeypatch.setattr(weaviate_binary, "download_release", offline)
-    with pytest.raises(weaviate_binary.ProvisionError, match=r"offline.*Install Go 1\.26"):
-        weaviate_binary.provision("1.2.3", tmp_path)
+    monkeypatch.setattr(provision, "download_release", offline)
+    with pytest.raises(provision.ProvisionError, match=r"offline.*Install Go 1\.26"):
+        provision.provision("1.2.3", tmp_path)
 
 
 FIELDS = [

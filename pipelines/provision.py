@@ -1,4 +1,10 @@
-"""Provision the Weaviate server binary where weaviate-client's embedded mode finds it.
+"""Provision the Go programs the project runs: Weaviate and Beam's Prism runner.
+
+Both are Go modules, so where there is Go they are built from the Go module
+proxy (the same programs as the release binaries); Go's caches make a second
+build fast. ``make setup`` runs ``python -m pipelines.provision``.
+
+Weaviate goes where weaviate-client's embedded mode finds it.
 
 ``weaviate.connect_to_embedded(version=V)`` runs
 ``<binary_path>/weaviate-v{V}-{sha256("v" + V)}`` and downloads a release
@@ -16,6 +22,10 @@ Pinned version: 1.38.11, the newest release we test against. It ships the
 (``Configure.Vectors.multi2vec_bind``) our collections use, and its ``go.mod``
 builds with the Go 1.26 toolchain this project's machines have.
 
+Prism (Beam's portable local runner) goes where ``--runner=PrismRunner``
+looks before it downloads a release: Beam's binary cache, as the zip it would
+have downloaded plus the unpacked binary.
+
 Standard library only, so it runs before anything else is importable.
 """
 
@@ -32,11 +42,14 @@ import tarfile
 import tempfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 WEAVIATE_VERSION = "1.38.11"
 MODULE = "github.com/weaviate/weaviate/cmd/weaviate-server"
 RELEASES = "https://github.com/weaviate/weaviate/releases/download"
+PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
+PRISM_CACHE = Path.home() / ".apache_beam" / "cache" / "prism" / "bin"
 
 
 class ProvisionError(RuntimeError):
@@ -61,18 +74,23 @@ def embedded_binary_path(version: str = WEAVIATE_VERSION, directory: Path | None
     return (directory or embedded_binary_dir()) / f"weaviate-{tag}-{digest}"
 
 
-def build_with_go(version: str, target: Path) -> None:
+def go_install(module: str, version: str, target: Path) -> None:
+    """``go install module@vversion`` and move the program to ``target``."""
     go = shutil.which("go")
     if go is None:
         raise ProvisionError("Go is not installed")
-    with tempfile.TemporaryDirectory(prefix="weaviate-build-") as gobin:
+    with tempfile.TemporaryDirectory(prefix="go-build-") as gobin:
         env = {**os.environ, "GOBIN": gobin}
-        command = [go, "install", f"{MODULE}@v{version}"]
-        print(f"weaviate: building v{version} with {' '.join(command[1:])} ...", flush=True)
+        command = [go, "install", f"{module}@v{version}"]
+        print(f"provision: {' '.join(command[1:])} ...", flush=True)
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             raise ProvisionError(f"go install failed:\n{result.stderr[-3000:]}")
-        _install(Path(gobin) / "weaviate-server", target)
+        _install(Path(gobin) / module.rsplit("/", 1)[1], target)
+
+
+def build_with_go(version: str, target: Path) -> None:
+    go_install(MODULE, version, target)
 
 
 def download_release(version: str, target: Path) -> None:
@@ -125,13 +143,48 @@ def provision(version: str = WEAVIATE_VERSION, directory: Path | None = None) ->
     )
 
 
+def prism_binary_path(beam_version: str, cache: Path = PRISM_CACHE) -> Path:
+    """The unpacked binary Beam's PrismRunner uses for a release version."""
+    machine = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine(), platform.machine()
+    )
+    return cache / f"apache_beam-v{beam_version}-prism-{platform.system().lower()}-{machine}"
+
+
+def provision_prism(beam_version: str, cache: Path = PRISM_CACHE) -> tuple[Path, str]:
+    """Build Prism for ``beam_version`` and put it where PrismRunner looks first."""
+    binary = prism_binary_path(beam_version, cache)
+    archive = binary.with_name(binary.name + ".zip")
+    if binary.exists() and archive.exists():
+        return binary, "found"
+    started = time.perf_counter()
+    go_install(PRISM_MODULE, beam_version, binary)
+    with zipfile.ZipFile(archive.with_name(archive.name + ".part"), "w") as zipped:
+        zipped.write(binary, arcname=binary.name)
+    os.replace(archive.with_name(archive.name + ".part"), archive)
+    return binary, f"built with go install in {time.perf_counter() - started:.0f} s"
+
+
+def installed_beam_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("apache-beam")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def main() -> int:
     try:
         path, what = provision()
+        print(f"weaviate: v{WEAVIATE_VERSION} {what}: {path}")
+        beam_version = installed_beam_version()
+        if beam_version:
+            path, what = provision_prism(beam_version)
+            print(f"prism: v{beam_version} {what}: {path}")
     except ProvisionError as err:
-        print(f"weaviate: {err}", file=sys.stderr)
+        print(f"provision: {err}", file=sys.stderr)
         return 1
-    print(f"weaviate: v{WEAVIATE_VERSION} {what}: {path}")
     return 0
 
 
