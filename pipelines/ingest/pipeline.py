@@ -1,0 +1,290 @@
+"""``ib-ingest``: read → decode → embed → combine → write, on any Beam runner.
+
+    ib-ingest --input SRC --collection C [--embed local|server|weaviate] [Beam options...]
+
+Runs on this machine with the DirectRunner, and unchanged on Dataflow, Flink
+or Spark (pass ``--runner`` and that runner's options). Every object's uuid is
+``generate_uuid5(source_id)``, so a re-run replaces instead of duplicating;
+every item that cannot be read, decoded, embedded or written lands in the
+dead-letter file with the stage and the reason, and the job still finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from ib_vectorizer.modalities import Modality
+
+from ..schema import SOURCE_ID, MediaField, combine_like_weaviate, create_bind_collection
+from .decode import FAILURES, ReadAndDecode
+from .model_handler import ImageBindModelHandler
+from .objects import Failure
+from .server_embed import EmbedWithServer
+from .sources import InputSpec, ReadObjects, parse_modality_columns, plan_fields
+from .write import WeaviateObject, WeaviateTarget, WriteToWeaviate
+
+log = logging.getLogger("ib_ingest")
+
+VECTOR_NAME = "imagebind"
+COUNTERS = ("read", "read_failed", "decoded", "embedded", "written", "failed")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    spec: InputSpec
+    collection: str
+    embed: str  # local | server | weaviate
+    fields: tuple[MediaField, ...]
+    model: str
+    checkpoint: str | None
+    vectorizer_url: str | None
+    batch_size: int
+    max_batch_views: int
+    store_uri: bool
+    device: str | None
+    share_model: bool
+
+
+def to_weaviate_object(obj, vectors: dict | None, config: IngestConfig) -> WeaviateObject:
+    """Properties as stored (media as base64 BLOBs, or their URIs) plus the combined vector."""
+    from weaviate.util import generate_uuid5
+
+    ready = obj
+    properties = dict(ready.properties)
+    properties[SOURCE_ID] = ready.source_id
+    for name, content in ready.media.items():
+        if ready.modalities[name] is Modality.TEXT:
+            properties[name] = content
+        elif config.store_uri:
+            if name in ready.uris:
+                properties[f"{name}_uri"] = ready.uris[name]
+        else:
+            properties[name] = base64.b64encode(content).decode()
+    vector = None
+    if vectors is not None:
+        vector = combine_like_weaviate(vectors, config.fields).tolist()
+    return WeaviateObject(
+        uuid=str(generate_uuid5(ready.source_id)), source_id=ready.source_id,
+        source=ready.source, properties=properties, vector=vector, vector_name=VECTOR_NAME,
+    )  # fmt: skip
+
+
+def _batch_failures(failed) -> list[Failure]:
+    batch, error = failed
+    return [Failure(o.source_id, o.source, "embed", f"{type(error).__name__}: {error}")
+            for o in batch]  # fmt: skip
+
+
+def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget):
+    """Add the ingestion steps to ``pipeline``; returns the PCollection of all failures."""
+    read = pipeline | "Read" >> ReadObjects(config.spec)
+    decoded = read.objects | "Decode" >> beam.ParDo(
+        ReadAndDecode(preprocess=config.embed == "local")
+    ).with_outputs(FAILURES, main="ready")
+    failures = [read.failures, decoded[FAILURES]]
+
+    if config.embed == "local":
+        handler = ImageBindModelHandler(
+            config.model, config.checkpoint, device=config.device,
+            max_batch_views=config.max_batch_views, share_across_processes=config.share_model,
+        )  # fmt: skip
+        from apache_beam.ml.inference.base import RunInference
+
+        embedded, dlq = decoded.ready | "Embed" >> RunInference(handler).with_exception_handling()
+        failures.append(dlq.failed_inferences | "EmbedFailures" >> beam.FlatMap(_batch_failures))
+        objects = embedded | "Combine" >> beam.Map(
+            lambda e: to_weaviate_object(e.ready, e.vectors, config)
+        )
+    elif config.embed == "server":
+        batches = decoded.ready | "Batch" >> beam.BatchElements(
+            max_batch_size=config.max_batch_views, element_size_fn=lambda o: o.views
+        )
+        embedded = batches | "EmbedWithServer" >> beam.ParDo(
+            EmbedWithServer(config.vectorizer_url)
+        ).with_outputs(FAILURES, main="embedded")
+        failures.append(embedded[FAILURES])
+        objects = embedded.embedded | "Combine" >> beam.Map(
+            lambda e: to_weaviate_object(e.ready, e.vectors, config)
+        )
+    else:  # weaviate: Weaviate calls the module itself
+        objects = decoded.ready | "AsObjects" >> beam.Map(
+            lambda r: to_weaviate_object(r, None, config)
+        )
+    failures.append(objects | "WriteToWeaviate" >> WriteToWeaviate(target, config.batch_size))
+    return tuple(failures) | "AllFailures" >> beam.Flatten()
+
+
+def write_dead_letters(failures, path: str):
+    rows = failures | "AsDicts" >> beam.Map(Failure.as_dict)
+    if path.endswith((".parquet", ".pq")):
+        import pyarrow as pa
+
+        schema = pa.schema([(k, pa.string()) for k in ("id", "source", "stage", "error")])
+        return rows | "DeadLetters" >> beam.io.WriteToParquet(
+            path, schema, num_shards=1, shard_name_template=""
+        )
+    return (
+        rows
+        | "AsJson" >> beam.Map(json.dumps)
+        | "DeadLetters" >> beam.io.WriteToText(path, num_shards=1, shard_name_template="")
+    )
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ib-ingest",
+        description="Embed a dataset of images, video, text, audio, depth, thermal and IMU "
+        "with ImageBind and write it into Weaviate. Unknown options go to Beam.",
+    )
+    p.add_argument(
+        "--input", required=True, help="a directory tree, or a Parquet/CSV/JSONL manifest"
+    )
+    p.add_argument("--collection", required=True)
+    p.add_argument("--id-column", default="id")
+    p.add_argument("--modality-columns", default="", help="e.g. image=photo,audio=clip")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--weaviate-url", help="a running Weaviate (default: the local stack)")
+    where.add_argument("--data-dir", help="the local stack's data directory")
+    p.add_argument("--grpc-port", type=int, default=50051)
+    p.add_argument("--weaviate-api-key", default=os.environ.get("WEAVIATE_API_KEY"))
+    p.add_argument("--embed", choices=("local", "server", "weaviate"), default="local")
+    p.add_argument("--vectorizer-url", help="for --embed server (default: the local stack's)")
+    p.add_argument("--model", default=os.environ.get("IB_MODEL", "imagebind_huge"))
+    p.add_argument("--checkpoint", default=os.environ.get("IB_CHECKPOINT"))
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--dead-letter", default="ib-ingest-failures.jsonl",
+                   help="JSONL or .parquet file for items that failed")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=64, help="objects per Weaviate write")
+    p.add_argument("--max-batch-views", type=int, default=64,
+                   help="encoder passes per model batch (audio 3, video 15)")  # fmt: skip
+    p.add_argument("--weights", default="", help="field weights, e.g. image=0.7,text=0.3")
+    p.add_argument(
+        "--store-uri",
+        action="store_true",
+        help="store each media's source URI (<field>_uri) instead of its bytes",
+    )
+    p.add_argument(
+        "--share-model-across-processes",
+        action="store_true",
+        help="one model copy per machine (GPU workers with several SDK processes)",
+    )
+    return p
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--weights: {part!r} is not NAME=NUMBER") from None
+    return weights
+
+
+def media_fields(spec: InputSpec, weights: dict[str, float]) -> tuple[MediaField, ...]:
+    planned = plan_fields(spec)
+    unknown = sorted(set(weights) - set(planned))
+    if unknown:
+        raise ValueError(f"--weights names unknown field(s) {unknown}; fields: {sorted(planned)}")
+    if weights and set(weights) != set(planned):
+        raise ValueError(f"--weights must weigh every field: {sorted(planned)}")
+    return tuple(MediaField(n, m, weights.get(n)) for n, m in sorted(planned.items()))
+
+
+def summarize(result, started: float, dead_letter: str) -> dict[str, int]:
+    from apache_beam.metrics.metric import MetricsFilter
+
+    counts = dict.fromkeys(COUNTERS, 0)
+    for counter in result.metrics().query(MetricsFilter().with_namespace("ib_ingest"))["counters"]:
+        if counter.key.metric.name in counts:
+            counts[counter.key.metric.name] += counter.committed or counter.attempted or 0
+    elapsed = time.perf_counter() - started
+    failed = counts["failed"] + counts["read_failed"]
+    log.info(
+        "done in %.1f s: read %d, embedded %d, written %d, failed %d (%.1f objects/s)%s",
+        elapsed, counts["read"], counts["embedded"], counts["written"], failed,
+        counts["written"] / max(elapsed, 1e-9),
+        f"; failures in {dead_letter}" if failed else "",
+    )  # fmt: skip
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    try:
+        spec = InputSpec(args.input, args.id_column, parse_modality_columns(args.modality_columns))
+        fields = media_fields(spec, parse_weights(args.weights))
+        if args.embed == "weaviate" and args.store_uri:
+            raise ValueError("--embed weaviate needs the media in Weaviate; drop --store-uri")
+    except ValueError as err:
+        parser.error(str(err))
+    return run(args, beam_args, spec, fields)
+
+
+def run(args, beam_args: list[str], spec: InputSpec, fields: tuple[MediaField, ...]) -> int:
+    from contextlib import ExitStack
+
+    from ..stack import LocalStack
+
+    with ExitStack() as resources:
+        if args.weaviate_url:
+            url, grpc_port, vectorizer = args.weaviate_url, args.grpc_port, args.vectorizer_url
+        else:
+            stack = resources.enter_context(
+                LocalStack(args.data_dir, model=args.model, checkpoint=args.checkpoint)
+            )
+            url, grpc_port = stack.endpoints.weaviate_http, stack.endpoints.weaviate_grpc_port
+            vectorizer = args.vectorizer_url or stack.endpoints.vectorizer
+        if args.embed == "server" and not vectorizer:
+            raise SystemExit("ib-ingest: --embed server needs --vectorizer-url")
+        target = WeaviateTarget(url, grpc_port, args.collection, args.weaviate_api_key)
+        prepare_collection(target, fields, args.store_uri)
+        config = IngestConfig(
+            spec=spec, collection=args.collection, embed=args.embed, fields=fields,
+            model=args.model, checkpoint=args.checkpoint, vectorizer_url=vectorizer,
+            batch_size=args.batch_size, max_batch_views=args.max_batch_views,
+            store_uri=args.store_uri, device=args.device,
+            share_model=args.share_model_across_processes,
+        )  # fmt: skip
+        started = time.perf_counter()
+        pipeline = beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
+        write_dead_letters(build(pipeline, config, target), args.dead_letter)
+        result = pipeline.run()
+        result.wait_until_finish()
+        summarize(result, started, args.dead_letter)
+    return 0
+
+
+def prepare_collection(target: WeaviateTarget, fields, store_uri: bool) -> None:
+    """Create the collection with the multi2vec-bind config unless it exists."""
+    from weaviate.classes.config import DataType
+
+    client = target.connect()
+    try:
+        metadata = {f"{f.name}_uri": DataType.TEXT for f in fields} if store_uri else {}
+        create_bind_collection(client, target.collection, list(fields), metadata, VECTOR_NAME)
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""``WriteToWeaviate``: idempotent batched writes, failures reported per object.
+
+One weaviate-client per DoFn instance (``setup``/``teardown``); objects are
+buffered and written with ``insert_many`` (one gRPC batch call) when the buffer
+is full and at the end of every bundle. An object's uuid is
+``generate_uuid5(source_id)``, so writing it again replaces it. Connection
+errors and timeouts are retried with exponential backoff; an object Weaviate
+rejects goes to the ``failures`` output with Weaviate's message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
+
+from .objects import Failure
+
+log = logging.getLogger(__name__)
+
+FAILURES = "failures"
+MAX_BATCH_BYTES = 48 * 1024 * 1024  # well under the client's ~100 MB gRPC message cap
+RETRIES = 5
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class WeaviateTarget:
+    """Where to write: Weaviate's HTTP URL and gRPC port, and the collection."""
+
+    url: str
+    grpc_port: int
+    collection: str
+    api_key: str | None = None
+
+    def connect(self):
+        import weaviate
+        from weaviate.classes.init import Auth
+
+        parsed = urlparse(self.url)
+        secure = parsed.scheme == "https"
+        return weaviate.connect_to_custom(
+            http_host=parsed.hostname, http_port=parsed.port or (443 if secure else 80),
+            http_secure=secure, grpc_host=parsed.hostname, grpc_port=self.grpc_port,
+            grpc_secure=secure,
+            auth_credentials=Auth.api_key(self.api_key) if self.api_key else None,
+        )  # fmt: skip
+
+
+@dataclass
+class WeaviateObject:
+    uuid: str
+    source_id: str
+    source: str
+    properties: dict[str, Any]
+    vector: list[float] | None  # None: Weaviate vectorizes it through the module
+    vector_name: str
+
+    def approx_bytes(self) -> int:
+        size = 64 + 8 * len(self.vector or ())
+        for value in self.properties.values():
+            size += len(value) if isinstance(value, str | bytes) else 16
+        return size
+
+
+class _WriteDoFn(beam.DoFn):
+    def __init__(self, target: WeaviateTarget, batch_size: int) -> None:
+        self.target = target
+        self.batch_size = batch_size
+        self.written = beam.metrics.Metrics.counter("ib_ingest", "written")
+        self.failed = beam.metrics.Metrics.counter("ib_ingest", "failed")
+
+    def setup(self) -> None:
+        self._client = self.target.connect()
+        self._collection = self._client.collections.get(self.target.collection)
+        self._count = 0
+        self._started = self._last_log = time.monotonic()
+
+    def start_bundle(self) -> None:
+        self._buffer: list[WeaviateObject] = []
+        self._buffer_bytes = 0
+
+    def process(self, obj: WeaviateObject):
+        self._buffer.append(obj)
+        self._buffer_bytes += obj.approx_bytes()
+        if len(self._buffer) >= self.batch_size or self._buffer_bytes >= MAX_BATCH_BYTES:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for output in self._flush():  # outside process(): outputs need an explicit window
+            yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+
+    def teardown(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
+    def _flush(self):
+        batch, self._buffer, self._buffer_bytes = self._buffer, [], 0
+        if not batch:
+            return
+        for obj, error in self._insert(batch):
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(
+                FAILURES, Failure(obj.source_id, obj.source, "write", error)
+            )
+        self._progress()
+
+    def _insert(self, batch: list[WeaviateObject]) -> list[tuple[WeaviateObject, str]]:
+        """Write ``batch``; the objects that failed, with why."""
+        from weaviate.classes.data import DataObject
+
+        objects = [
+            DataObject(properties=o.properties, uuid=o.uuid,
+                       vector={o.vector_name: o.vector} if o.vector is not None else None)
+            for o in batch
+        ]  # fmt: skip
+        for attempt in range(RETRIES):
+            try:
+                result = self._collection.data.insert_many(objects)
+                break
+            except Exception as err:  # connection reset, timeout, 503 from a busy node
+                if attempt == RETRIES - 1:
+                    return [(o, f"write failed after {RETRIES} tries: {err}") for o in batch]
+                delay = min(2**attempt, 30)
+                log.warning("writing %d objects failed (%s); retrying in %d s", len(batch),
+                            str(err).splitlines()[0], delay)  # fmt: skip
+                time.sleep(delay)
+        failed = [(batch[i], error.message) for i, error in result.errors.items()]
+        self.written.inc(len(batch) - len(failed))
+        self._count += len(batch) - len(failed)
+        return failed
+
+    def _progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= PROGRESS_EVERY_S:
+            rate = self._count / max(now - self._started, 1e-9)
+            log.info("ib-ingest: %d objects written by this worker (%.1f/s)", self._count, rate)
+            self._last_log = now
+
+
+class WriteToWeaviate(beam.PTransform):
+    """PCollection[WeaviateObject] → the PCollection of write Failures."""
+
+    def __init__(self, target: WeaviateTarget, batch_size: int = 64) -> None:
+        super().__init__()
+        self.target = target
+        self.batch_size = batch_size
+
+    def expand(self, objects):
+        results = objects | "Write" >> beam.ParDo(
+            _WriteDoFn(self.target, self.batch_size)
+        ).with_outputs(FAILURES, main="done")
+        return results[FAILURES]

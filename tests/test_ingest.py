@@ -1,0 +1,245 @@
+"""ib-ingest end to end: Beam (DirectRunner and Prism) into the real Weaviate."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import shutil
+import urllib.request
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from weaviate.classes.query import MetadataQuery, NearMediaType
+from weaviate.util import generate_uuid5
+
+from ib_vectorizer.modalities import Modality
+from pipelines.ingest.pipeline import main as ingest
+from pipelines.schema import MediaField, combine_like_weaviate
+from pipelines.stack import LocalStack
+
+from .fixture_data import INPUTS
+from .server_process import TINY_ENV
+
+DIRECTORY_FILES = {  # relative path → fixture file
+    "image/cat.jpg": "image_rgb.jpg",
+    "photos/logo.png": "image_rgba.png",  # by extension
+    "audio/tone.wav": "tone_16k_mono.wav",
+    "sounds/chirp.wav": "chirp_44k_stereo.wav",
+    "video/a.mp4": "video_a.mp4",
+    "depth/d.png": "depth_a.png",
+    "thermal/t.jpg": "thermal_a.jpg",
+    "imu/walk.csv": "imu_2000.csv",
+    "misc/run.csv": "imu_1500.csv",  # .csv → imu
+}
+WIRE = {Modality.VISION: ("images", "imageVectors"), Modality.TEXT: ("texts", "textVectors"),
+        Modality.AUDIO: ("audio", "audioVectors"), Modality.VIDEO: ("video", "videoVectors"),
+        Modality.DEPTH: ("depth", "depthVectors"), Modality.THERMAL: ("thermal", "thermalVectors"),
+        Modality.IMU: ("imu", "imuVectors")}  # fmt: skip
+MODALITY_OF_FOLDER = {"image": Modality.VISION, "photos": Modality.VISION,
+                      "audio": Modality.AUDIO, "sounds": Modality.AUDIO,
+                      "video": Modality.VIDEO, "depth": Modality.DEPTH,
+                      "thermal": Modality.THERMAL, "imu": Modality.IMU, "misc": Modality.IMU,
+                      "text": Modality.TEXT}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with LocalStack(tmp_path_factory.mktemp("ingest-stack"), model=TINY_ENV["IB_MODEL"],
+                    checkpoint=TINY_ENV["IB_CHECKPOINT"]) as running:  # fmt: skip
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    connection = stack.client()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dataset")
+    for relative, fixture in DIRECTORY_FILES.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(INPUTS / fixture, root / relative)
+    (root / "text").mkdir()
+    (root / "text" / "note.txt").write_text("a dog barking loudly")
+    return root
+
+
+def run_ingest(stack, *args: str) -> int:
+    e = stack.endpoints
+    return ingest(["--weaviate-url", e.weaviate_http, "--grpc-port", str(e.weaviate_grpc_port),
+                   "--model", TINY_ENV["IB_MODEL"], "--checkpoint", TINY_ENV["IB_CHECKPOINT"],
+                   "--vectorizer-url", e.vectorizer, *args])  # fmt: skip
+
+
+def server_vector(stack, modality: Modality, content: bytes | str) -> np.ndarray:
+    key, answer_key = WIRE[modality]
+    item = content if modality is Modality.TEXT else base64.b64encode(content).decode()
+    request = urllib.request.Request(
+        stack.endpoints.vectorizer + "/vectorize", data=json.dumps({key: [item]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return np.array(json.loads(response.read())[answer_key][0])
+
+
+def stored(collection, source_id: str) -> np.ndarray:
+    obj = collection.query.fetch_object_by_id(generate_uuid5(source_id), include_vector=True)
+    assert obj is not None, source_id
+    return np.array(obj.vector["imagebind"])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def count(client, name: str) -> int:
+    return client.collections.get(name).aggregate.over_all(total_count=True).total_count
+
+
+def read_failures(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_directory_of_all_modalities(stack, client, dataset, tmp_path):
+    failures = tmp_path / "failures.jsonl"
+    assert run_ingest(stack, "--input", str(dataset), "--collection", "Dir",
+                      "--dead-letter", str(failures)) == 0  # fmt: skip
+    assert read_failures(failures) == []
+    expected_ids = [*DIRECTORY_FILES, "text/note.txt"]
+    assert count(client, "Dir") == len(expected_ids)
+    collection = client.collections.get("Dir")
+    for source_id in expected_ids:
+        modality = MODALITY_OF_FOLDER[source_id.split("/")[0]]
+        path = dataset / source_id
+        content = path.read_text() if modality is Modality.TEXT else path.read_bytes()
+        ours = server_vector(stack, modality, content)
+        assert cosine(stored(collection, source_id), ours) >= 0.9999, source_id
+    photo = collection.query.near_media(
+        media=base64.b64encode((dataset / "photos/logo.png").read_bytes()).decode(),
+        media_type=NearMediaType.IMAGE, limit=1, return_metadata=MetadataQuery(distance=True),
+    )  # fmt: skip
+    assert photo.objects[0].properties["source_id"] == "photos/logo.png"
+    assert photo.objects[0].metadata.distance < 1e-4
+
+    # The same job again: replaced, not duplicated.
+    assert run_ingest(stack, "--input", str(dataset), "--collection", "Dir",
+                      "--dead-letter", str(failures)) == 0  # fmt: skip
+    assert count(client, "Dir") == len(expected_ids)
+
+
+def manifest_rows(dataset) -> list[dict]:
+    return [
+        {"id": "row-1", "image": "image/cat.jpg", "text_caption": "a cat", "year": 2021,
+         "audio": "audio/tone.wav"},
+        {"id": "row-2", "image": "photos/logo.png", "text_caption": "a logo", "year": 2022,
+         "audio": "sounds/chirp.wav"},
+        {"id": "row-3", "image": "image/cat.jpg", "text_caption": "only text and image",
+         "year": 2023, "audio": None},
+    ]  # fmt: skip
+
+
+def write_manifest(kind: str, dataset, rows: list[dict]):
+    path = dataset / f"manifest.{kind}"
+    if kind == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif kind == "jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        with path.open("w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    return path
+
+
+FIELDS = [MediaField("audio", Modality.AUDIO), MediaField("image", Modality.VISION),
+          MediaField("text_caption", Modality.TEXT)]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "jsonl"])
+def test_manifests_with_several_fields_per_object(stack, client, dataset, tmp_path, kind):
+    rows = manifest_rows(dataset)
+    manifest = write_manifest(kind, dataset, rows)
+    name = f"Manifest{kind.capitalize()}"
+    failures = tmp_path / "failures.jsonl"
+    assert run_ingest(stack, "--input", str(manifest), "--collection", name,
+                      "--dead-letter", str(failures)) == 0  # fmt: skip
+    assert read_failures(failures) == []
+    assert count(client, name) == len(rows)
+    collection = client.collections.get(name)
+    for row in rows:
+        vectors = {"text_caption": server_vector(stack, Modality.TEXT, row["text_caption"]),
+                   "image": server_vector(stack, Modality.VISION,
+                                          (dataset / row["image"]).read_bytes())}  # fmt: skip
+        if row["audio"]:
+            vectors["audio"] = server_vector(stack, Modality.AUDIO,
+                                             (dataset / row["audio"]).read_bytes())  # fmt: skip
+        expected = combine_like_weaviate(vectors, FIELDS)
+        assert cosine(stored(collection, row["id"]), expected) >= 0.9999, row["id"]
+        props = collection.query.fetch_object_by_id(generate_uuid5(row["id"])).properties
+        # Metadata arrives through Weaviate's auto-schema: numbers as NUMBER, CSV cells as TEXT.
+        assert props["source_id"] == row["id"] and float(props["year"]) == row["year"]
+
+
+def test_corrupt_file_is_dead_lettered_and_the_rest_written(stack, client, dataset, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken, ignore=shutil.ignore_patterns("manifest.*"))
+    (broken / "image" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (broken / "odd.xyz").write_bytes(b"?")
+    failures = tmp_path / "failures.parquet"
+    assert run_ingest(stack, "--input", str(broken), "--collection", "Broken",
+                      "--dead-letter", str(failures)) == 0  # fmt: skip
+    dead = {row["id"]: row for row in pq.read_table(failures).to_pylist()}
+    assert set(dead) == {"image/corrupt.jpg", "odd.xyz"}
+    assert dead["image/corrupt.jpg"]["stage"] == "decode"
+    assert "not a decodable image" in dead["image/corrupt.jpg"]["error"]
+    assert dead["odd.xyz"]["stage"] == "read"
+    assert count(client, "Broken") == len(DIRECTORY_FILES) + 1
+
+
+def test_local_server_and_weaviate_embedding_agree(stack, client, dataset, tmp_path):
+    manifest = write_manifest("jsonl", dataset, manifest_rows(dataset))
+    for mode in ("local", "server", "weaviate"):
+        assert (
+            run_ingest(
+                stack,
+                "--input",
+                str(manifest),
+                "--collection",
+                f"Mode{mode}",
+                "--embed",
+                mode,
+                "--dead-letter",
+                str(tmp_path / f"{mode}.jsonl"),
+            )
+            == 0
+        )
+    for row in manifest_rows(dataset):
+        local = stored(client.collections.get("Modelocal"), row["id"])
+        for mode in ("server", "weaviate"):
+            other = stored(client.collections.get(f"Mode{mode}"), row["id"])
+            assert cosine(local, other) >= 0.9999, (mode, row["id"])
+
+
+def test_prism_runner_gives_the_same_result(stack, client, dataset, tmp_path):
+    manifest = write_manifest("jsonl", dataset, manifest_rows(dataset))
+    assert (
+        run_ingest(
+            stack,
+            "--input",
+            str(manifest),
+            "--collection",
+            "OnPrism",
+            "--dead-letter",
+            str(tmp_path / "f.jsonl"),
+            "--runner=PrismRunner",
+        )
+        == 0
+    )
+    assert count(client, "OnPrism") == 3
