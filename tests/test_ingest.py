@@ -243,3 +243,20 @@ def test_prism_runner_gives_the_same_result(stack, client, dataset, tmp_path):
         == 0
     )
     assert count(client, "OnPrism") == 3
+
+
+def test_ingest_benchmark_command_runs_both_paths(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.ingest.bench", "--objects", "6",
+         "--data-dir", str(tmp_path / "stack")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **TINY_ENV},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "6 image objects" in lines[0]
+    assert "pipeline (ib-ingest --embed local):" in lines[1] and "objects/s" in lines[1]
+    assert "naive loop" in lines[2] and lines[3].startswith("speedup: ")

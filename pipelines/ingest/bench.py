@@ -21,7 +21,6 @@ import argparse
 import base64
 import json
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -144,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if set(counts.values()) != {args.objects}:
         print(f"error: not every object was written: {counts}", file=sys.stderr)
         return 1
-    cpu = platform.processor() or platform.machine()
+    from ib_vectorizer.serving.bench import cpu_model
+
+    cpu = cpu_model()
     print(f"machine: {cpu}, {os.cpu_count()} cores; model {model}; {args.objects} "
           f"{args.modality} objects")  # fmt: skip
     print(f"pipeline (ib-ingest --embed local): {args.objects / pipeline_s:8.1f} objects/s "

@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from ib_vectorizer.modalities import Modality
 
 from ..schema import SOURCE_ID, MediaField, combine_like_weaviate, create_bind_collection
-from .decode import FAILURES, ReadAndDecode
+from .decode import FAILURES, ReadAndDecode, ReadyObject
 from .model_handler import ImageBindModelHandler
 from .objects import Failure
 from .server_embed import EmbedWithServer
@@ -56,11 +56,12 @@ class IngestConfig:
     share_model: bool
 
 
-def to_weaviate_object(obj, vectors: dict | None, config: IngestConfig) -> WeaviateObject:
+def to_weaviate_object(
+    ready: ReadyObject, vectors: dict | None, config: IngestConfig
+) -> WeaviateObject:
     """Properties as stored (media as base64 BLOBs, or their URIs) plus the combined vector."""
     from weaviate.util import generate_uuid5
 
-    ready = obj
     properties = dict(ready.properties)
     properties[SOURCE_ID] = ready.source_id
     for name, content in ready.media.items():
