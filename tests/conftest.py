@@ -37,3 +37,23 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def texts() -> list[str]:
     return json.loads((INPUTS / "texts.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Our inference server (tiny model) plus the real Weaviate, one per test module."""
+    from pipelines.stack import LocalStack
+
+    from .server_process import TINY_ENV
+
+    data_dir = tmp_path_factory.mktemp("stack")
+    model, checkpoint = TINY_ENV["IB_MODEL"], TINY_ENV["IB_CHECKPOINT"]
+    with LocalStack(data_dir, model=model, checkpoint=checkpoint) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    connection = stack.client()
+    yield connection
+    connection.close()

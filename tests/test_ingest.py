@@ -16,9 +16,9 @@ from weaviate.classes.query import MetadataQuery, NearMediaType
 from weaviate.util import generate_uuid5
 
 from ib_vectorizer.modalities import Modality
+from ib_vectorizer.serving.protocol import RESPONSE_KEYS, WIRE_NAME
 from pipelines.ingest.pipeline import main as ingest
 from pipelines.schema import MediaField, combine_like_weaviate
-from pipelines.stack import LocalStack
 
 from .fixture_data import INPUTS
 from .server_process import TINY_ENV
@@ -34,29 +34,11 @@ DIRECTORY_FILES = {  # relative path → fixture file
     "imu/walk.csv": "imu_2000.csv",
     "misc/run.csv": "imu_1500.csv",  # .csv → imu
 }
-WIRE = {Modality.VISION: ("images", "imageVectors"), Modality.TEXT: ("texts", "textVectors"),
-        Modality.AUDIO: ("audio", "audioVectors"), Modality.VIDEO: ("video", "videoVectors"),
-        Modality.DEPTH: ("depth", "depthVectors"), Modality.THERMAL: ("thermal", "thermalVectors"),
-        Modality.IMU: ("imu", "imuVectors")}  # fmt: skip
 MODALITY_OF_FOLDER = {"image": Modality.VISION, "photos": Modality.VISION,
                       "audio": Modality.AUDIO, "sounds": Modality.AUDIO,
                       "video": Modality.VIDEO, "depth": Modality.DEPTH,
                       "thermal": Modality.THERMAL, "imu": Modality.IMU, "misc": Modality.IMU,
                       "text": Modality.TEXT}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with LocalStack(tmp_path_factory.mktemp("ingest-stack"), model=TINY_ENV["IB_MODEL"],
-                    checkpoint=TINY_ENV["IB_CHECKPOINT"]) as running:  # fmt: skip
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(stack):
-    connection = stack.client()
-    yield connection
-    connection.close()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +60,7 @@ def run_ingest(stack, *args: str) -> int:
 
 
 def server_vector(stack, modality: Modality, content: bytes | str) -> np.ndarray:
-    key, answer_key = WIRE[modality]
+    key, answer_key = WIRE_NAME[modality], RESPONSE_KEYS[modality]
     item = content if modality is Modality.TEXT else base64.b64encode(content).decode()
     request = urllib.request.Request(
         stack.endpoints.vectorizer + "/vectorize", data=json.dumps({key: [item]}).encode(),
@@ -260,3 +242,39 @@ def test_ingest_benchmark_command_runs_both_paths(tmp_path):
     assert lines[0].startswith("machine: ") and "6 image objects" in lines[0]
     assert "pipeline (ib-ingest --embed local):" in lines[1] and "objects/s" in lines[1]
     assert "naive loop" in lines[2] and lines[3].startswith("speedup: ")
+
+
+def test_store_uri_keeps_the_source_uri_instead_of_the_bytes(stack, client, dataset, tmp_path):
+    manifest = write_manifest("jsonl", dataset, manifest_rows(dataset))
+    assert run_ingest(stack, "--input", str(manifest), "--collection", "ByUri", "--store-uri",
+                      "--dead-letter", str(tmp_path / "f.jsonl")) == 0  # fmt: skip
+    collection = client.collections.get("ByUri")
+    props = collection.query.fetch_object_by_id(generate_uuid5("row-1")).properties
+    assert props["image_uri"] == str(dataset / "image/cat.jpg")
+    assert props["audio_uri"] == str(dataset / "audio/tone.wav")
+    assert props.get("image") is None and props["text_caption"] == "a cat"
+    vectors = {
+        "text_caption": server_vector(stack, Modality.TEXT, "a cat"),
+        "image": server_vector(stack, Modality.VISION, (dataset / "image/cat.jpg").read_bytes()),
+        "audio": server_vector(stack, Modality.AUDIO, (dataset / "audio/tone.wav").read_bytes()),
+    }
+    expected = combine_like_weaviate(vectors, FIELDS)  # the same vector as with BLOBs
+    assert cosine(stored(collection, "row-1"), expected) >= 0.9999
+
+
+def test_an_object_weaviate_rejects_is_dead_lettered_at_write(stack, client, dataset, tmp_path):
+    from weaviate.classes.config import DataType
+
+    from pipelines.schema import create_bind_collection
+
+    create_bind_collection(client, "Typed", FIELDS, metadata={"year": DataType.INT})
+    rows = manifest_rows(dataset)
+    rows[1]["year"] = "not a year"  # Weaviate refuses text in an INT property
+    manifest = write_manifest("jsonl", dataset, rows)
+    failures = tmp_path / "failures.jsonl"
+    assert run_ingest(stack, "--input", str(manifest), "--collection", "Typed",
+                      "--dead-letter", str(failures)) == 0  # fmt: skip
+    dead = read_failures(failures)
+    assert [(d["id"], d["stage"]) for d in dead] == [("row-2", "write")]
+    assert "year" in dead[0]["error"]
+    assert count(client, "Typed") == 2

@@ -19,7 +19,7 @@ from weaviate.util import generate_uuid5
 
 from ib_vectorizer.modalities import Modality
 from pipelines.schema import MediaField, combine_like_weaviate, create_bind_collection
-from pipelines.stack import LocalStack, free_ports
+from pipelines.stack import free_ports
 
 from .fixture_data import FIXTURE, INPUTS
 from .server_process import TINY_ENV
@@ -32,24 +32,10 @@ MEDIA = {  # property → (modality, near_media type, fixture manifest key)
     "thermal": (Modality.THERMAL, NearMediaType.THERMAL, "thermal"),
     "imu": (Modality.IMU, NearMediaType.IMU, "imu"),
 }
-STACK_ARGS = {"model": TINY_ENV["IB_MODEL"], "checkpoint": TINY_ENV["IB_CHECKPOINT"]}
 
 
 def b64(name: str) -> str:
     return base64.b64encode((INPUTS / name).read_bytes()).decode()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with LocalStack(tmp_path_factory.mktemp("stack"), **STACK_ARGS) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(stack):
-    connection = stack.client()
-    yield connection
-    connection.close()
 
 
 @pytest.fixture(scope="module")
