@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import logging
 import shutil
 import urllib.request
 
@@ -169,14 +170,20 @@ def test_manifests_with_several_fields_per_object(stack, client, dataset, tmp_pa
         assert props["source_id"] == row["id"] and float(props["year"]) == row["year"]
 
 
-def test_corrupt_file_is_dead_lettered_and_the_rest_written(stack, client, dataset, tmp_path):
+def test_corrupt_file_is_dead_lettered_and_the_rest_written(
+    stack, client, dataset, tmp_path, caplog
+):
     broken = tmp_path / "broken"
     shutil.copytree(dataset, broken, ignore=shutil.ignore_patterns("manifest.*"))
     (broken / "image" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (broken / "odd.xyz").write_bytes(b"?")
     failures = tmp_path / "failures.parquet"
-    assert run_ingest(stack, "--input", str(broken), "--collection", "Broken",
-                      "--dead-letter", str(failures)) == 0  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="ib_ingest"):
+        assert run_ingest(stack, "--input", str(broken), "--collection", "Broken",
+                          "--dead-letter", str(failures)) == 0  # fmt: skip
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("done in"))
+    written = len(DIRECTORY_FILES) + 1
+    assert f"read {written + 1}, embedded {written}, written {written}, failed 2" in summary
     dead = {row["id"]: row for row in pq.read_table(failures).to_pylist()}
     assert set(dead) == {"image/corrupt.jpg", "odd.xyz"}
     assert dead["image/corrupt.jpg"]["stage"] == "decode"

@@ -38,6 +38,7 @@ log = logging.getLogger("ib_ingest")
 
 VECTOR_NAME = "imagebind"
 COUNTERS = ("read", "read_failed", "decoded", "embedded", "written", "failed")
+EMBEDDED = beam.metrics.Metrics.counter("ib_ingest", "embedded")  # objects with a vector
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def to_weaviate_object(
     vector = None
     if vectors is not None:
         vector = combine_like_weaviate(vectors, config.fields).tolist()
+        EMBEDDED.inc()
     return WeaviateObject(
         uuid=str(generate_uuid5(ready.source_id)), source_id=ready.source_id,
         source=ready.source, properties=properties, vector=vector, vector_name=VECTOR_NAME,

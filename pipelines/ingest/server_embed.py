@@ -81,7 +81,6 @@ class EmbedWithServer(beam.DoFn):
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
-        self.embedded = beam.metrics.Metrics.counter("ib_ingest", "embedded")
         self.failed = beam.metrics.Metrics.counter("ib_ingest", "failed")
 
     def process(self, batch: list[ReadyObject]):
@@ -97,5 +96,4 @@ class EmbedWithServer(beam.DoFn):
             for obj in batch:  # isolate the bad object(s)
                 yield from self.process([obj])
             return
-        self.embedded.inc(len(results))
         yield from results
