@@ -206,13 +206,18 @@ def run_stack(args: argparse.Namespace) -> int:
 
     from pipelines.stack import LocalStack
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    # Until both are ready, Ctrl-C interrupts start() itself, which stops what it started.
     with LocalStack(args.data_dir, model=args.model, checkpoint=args.checkpoint) as stack:
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
         for line in stack.endpoints.lines():
             print(line, flush=True)
-        stop.wait()
+        while not stop.wait(1.0):
+            dead = stack.exited()
+            if dead:
+                log.error("%s exited; stopping the stack:\n%s", dead, stack.log_tail(dead))
+                return 1
         log.info("stopping the stack")
     return 0
 

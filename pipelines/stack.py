@@ -58,11 +58,14 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def free_port_block(size: int, attempts: int = 50) -> int:
-    """First of ``size`` consecutive free ports (Weaviate wants data = gossip + 1)."""
+def free_port_block(size: int, avoid: set[int] = frozenset(), attempts: int = 50) -> int:
+    """First of ``size`` consecutive free ports, none in ``avoid``.
+
+    Weaviate wants its cluster data port right after the gossip port.
+    """
     for _ in range(attempts):
         first = free_ports(1)[0]
-        if first + size > 65535:
+        if first + size > 65535 or avoid & set(range(first, first + size)):
             continue
         sockets = []
         try:
@@ -142,12 +145,13 @@ class LocalStack:
                 "(or `python -m pipelines.provision`) to provision it"
             )
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        vectorizer_port, http_port, grpc_port = free_ports(3)
+        vectorizer_port, http_port, grpc_port, profiling_port = free_ports(4)
+        taken = {vectorizer_port, http_port, grpc_port, profiling_port}
         vectorizer = f"http://127.0.0.1:{vectorizer_port}"
         try:
             self._start_vectorizer(vectorizer_port)
             self._wait("vectorizer", f"{vectorizer}/.well-known/ready")
-            self._start_weaviate(http_port, grpc_port, vectorizer)
+            self._start_weaviate(http_port, grpc_port, profiling_port, taken, vectorizer)
             self._wait("weaviate", f"http://127.0.0.1:{http_port}/v1/.well-known/ready")
         except BaseException:
             self.stop()
@@ -170,6 +174,13 @@ class LocalStack:
                 process.kill()
                 process.wait()
         self.endpoints = None
+
+    def exited(self) -> str | None:
+        """The name of a part that has died since start, if any."""
+        for name, process in self._processes.items():
+            if process.poll() is not None:
+                return name
+        return None
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -212,8 +223,10 @@ class LocalStack:
                    "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
         self._spawn("vectorizer", command, env)
 
-    def _start_weaviate(self, http: int, grpc: int, inference: str) -> None:
-        gossip = free_port_block(4)
+    def _start_weaviate(
+        self, http: int, grpc: int, profiling: int, taken: set[int], inference: str
+    ) -> None:
+        gossip = free_port_block(4, avoid=taken)
         data, raft, raft_rpc = gossip + 1, gossip + 2, gossip + 3
         env = {
             **os.environ,
@@ -231,7 +244,7 @@ class LocalStack:
             "RAFT_INTERNAL_RPC_PORT": str(raft_rpc),
             "RAFT_BOOTSTRAP_EXPECT": "1",
             "RAFT_JOIN": f"node1:{raft}",
-            "PROFILING_PORT": str(free_ports(1)[0]),
+            "PROFILING_PORT": str(profiling),
             "DISABLE_TELEMETRY": "true",
             "QUERY_DEFAULTS_LIMIT": "20",
             "LOG_LEVEL": os.environ.get("WEAVIATE_LOG_LEVEL", "warning"),

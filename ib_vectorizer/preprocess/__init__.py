@@ -44,11 +44,17 @@ LOADERS: dict[Modality, Loader] = {
 }
 
 
-def loader_for(modality: Modality | str, max_video_seconds: float | None = None) -> Loader:
-    """The loader of ``modality``; ``max_video_seconds`` bounds decoding work for videos."""
+def loader_for(
+    modality: Modality | str,
+    max_video_seconds: float | None = None,
+    max_audio_seconds: float | None = None,
+) -> Loader:
+    """The loader of ``modality``, with limits that bound decoding work and memory."""
     modality = Modality(modality)
     if modality is Modality.VIDEO and max_video_seconds is not None:
         return partial(load_video, max_seconds=max_video_seconds)
+    if modality is Modality.AUDIO and max_audio_seconds is not None:
+        return partial(load_audio, max_seconds=max_audio_seconds)
     return LOADERS[modality]
 
 

@@ -69,9 +69,14 @@ _INT_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
 _WINDOW_SAMPLES = int(AUDIO_SAMPLE_RATE * AUDIO_FRAME_LENGTH_MS / 1000)
 
 
-def load_audio(data: bytes) -> torch.Tensor:
+# Decoded audio is ~1000x larger than a compressed file of silence; beyond this
+# many seconds a file is refused rather than decoded (the model sees 3 × 2 s).
+MAX_AUDIO_SECONDS = 600.0
+
+
+def load_audio(data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS) -> torch.Tensor:
     """Decode ``data`` (WAV, FLAC, MP3, OGG, M4A, ...) to float32 (3, 1, 128, 204)."""
-    waveform, sample_rate = decode_audio(data)
+    waveform, sample_rate = decode_audio(data, max_seconds)
     waveform = resample_to_model_rate(waveform, sample_rate)
     clips = []
     for first, stop in clip_bounds(waveform.shape[1]):
@@ -87,7 +92,9 @@ def load_audio(data: bytes) -> torch.Tensor:
 PROBE_OPTIONS = {"probesize": "32768"}
 
 
-def decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
+def decode_audio(
+    data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS
+) -> tuple[torch.Tensor, int]:
     """All samples of the first audio stream as float32 (channels, samples), and the rate."""
     if not data:
         raise MediaError("audio file is empty (0 bytes)")
@@ -100,7 +107,7 @@ def decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
         if not container.streams.audio:
             raise MediaError("no audio stream")
         stream = container.streams.audio[0]
-        chunks, sample_rate = _decode_stream(container, stream)
+        chunks, sample_rate = _decode_stream(container, stream, max_seconds)
     if not chunks:
         raise MediaError("audio is empty (0 samples)")
     waveform = np.concatenate(chunks, axis=1)
@@ -109,13 +116,17 @@ def decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(waveform), sample_rate
 
 
-def _decode_stream(container, stream) -> tuple[list[np.ndarray], int]:
+def _decode_stream(container, stream, max_seconds: float | None) -> tuple[list[np.ndarray], int]:
     """Decoded chunks (channels, samples) of one stream and their common sample rate."""
     chunks: list[np.ndarray] = []
     sample_rate = 0
+    samples = 0
     for frame in stream_frames(container, stream, "audio"):
         if frame.samples == 0:
             continue
+        samples += frame.samples
+        if max_seconds is not None and samples > max_seconds * frame.sample_rate:
+            raise MediaError(f"audio is longer than the limit of {max_seconds:g} s")
         chunk = frame_to_float(frame)
         if not chunks:
             sample_rate = frame.sample_rate

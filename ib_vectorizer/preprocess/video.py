@@ -93,6 +93,9 @@ def load_video(data: bytes, max_seconds: float | None = None) -> torch.Tensor:
         return frames_to_views(clips)
 
 
+MAX_FRAME_PIXELS = 7680 * 4320  # 8K UHD: bounds the memory a handful of kept frames take
+
+
 def open_video(data: bytes) -> av.container.InputContainer:
     """The PyAV container of ``data``, or MediaError."""
     if not data:
@@ -114,6 +117,11 @@ def first_video_stream(container: av.container.InputContainer) -> av.VideoStream
         if not stream.disposition & av.stream.Disposition.attached_pic:
             if stream.time_base is None:
                 raise MediaError("video stream has no time base")
+            width, height = stream.width or 0, stream.height or 0
+            if width * height > MAX_FRAME_PIXELS:
+                raise MediaError(
+                    f"video frames are {width}x{height}; the limit is 8K UHD (7680x4320)"
+                )
             return stream
     raise MediaError("no video stream")
 

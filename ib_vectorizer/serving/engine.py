@@ -126,7 +126,10 @@ class Engine:
             max_workers=settings.preprocess_workers or os.cpu_count() or 2,
             thread_name_prefix="preprocess",
         )
-        self._video_loader = loader_for(Modality.VIDEO, settings.max_video_seconds)
+        self._loaders = {
+            m: loader_for(m, settings.max_video_seconds, settings.max_audio_seconds)
+            for m in Modality
+        }
 
     @property
     def max_request_items(self) -> int:
@@ -197,8 +200,7 @@ class Engine:
                 data = decode_base64(raw)
             except MediaError as err:
                 raise InputError(modality.value, index, str(err)) from None
-        loader = self._video_loader if modality is Modality.VIDEO else None
-        tensor = load_item(modality, data, index, loader)
+        tensor = load_item(modality, data, index, self._loaders[modality])
         self.metrics.preprocess_seconds.labels(modality.value).observe(
             time.perf_counter() - started
         )
@@ -290,7 +292,13 @@ class BatchingEngine(Engine):
         decoding = [
             loop.run_in_executor(self._pool, self.prepare, m, i, items[m][i]) for m, i in keys
         ]
-        decoded = await asyncio.gather(*decoding, return_exceptions=True)
+        try:  # the deadline covers waiting for and doing the decoding too
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                decoded = await asyncio.gather(*decoding, return_exceptions=True)
+        except TimeoutError:
+            for future in decoding:
+                future.cancel()  # not started yet: skipped; running: finishes for nobody
+            raise DeadlineExceeded() from None
         for result in decoded:
             if isinstance(result, BaseException):
                 raise result

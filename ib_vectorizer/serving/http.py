@@ -8,6 +8,7 @@ client reports exactly that field.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -24,6 +25,8 @@ from .queue import DeadlineExceeded
 
 log = logging.getLogger(__name__)
 
+BODIES_AT_ONCE = 16
+PARSE_INLINE_BYTES = 256 * 1024
 OPEN_PATHS = ("/.well-known/live", "/.well-known/ready")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -133,8 +136,21 @@ def create_app(engine: Engine, api_key: str | None = None) -> web.Application:
     async def prometheus(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
+    # Bodies are read and parsed a few at a time, so many large uploads cannot
+    # hold memory beyond BODIES_AT_ONCE × IB_MAX_BODY_MB, and big JSON is parsed
+    # off the event loop so /.well-known/ready keeps answering at once.
+    bodies = asyncio.Semaphore(BODIES_AT_ONCE)
+
     async def vectorize(request: web.Request) -> web.Response:
-        items = parse_vectorize_body(await request.read(), engine.max_request_items)
+        async with bodies:
+            body = await request.read()
+            if len(body) > PARSE_INLINE_BYTES:
+                items = await asyncio.get_running_loop().run_in_executor(
+                    None, parse_vectorize_body, body, engine.max_request_items
+                )
+            else:
+                items = parse_vectorize_body(body, engine.max_request_items)
+            del body
         try:
             vectors = await engine.embed(items)
         except InputError as err:
@@ -167,7 +183,8 @@ def _check_api_key(request: web.Request, api_key: str) -> None:
     header = request.headers.get("Authorization", "")
     given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
     given = given or request.headers.get("X-API-Key", "")
-    if not hmac.compare_digest(given.encode(), api_key.encode()):
+    encoded = given.encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(encoded, api_key.encode("utf-8", "surrogateescape")):
         raise RequestError(401, "missing or wrong API key (Authorization: Bearer KEY)", "auth")
 
 

@@ -64,6 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
             "most items in one request; beyond it 413"),
     Setting("max_video_seconds", "IB_MAX_VIDEO_SECONDS", "--max-video-seconds",
             "longest video accepted"),
+    Setting("max_audio_seconds", "IB_MAX_AUDIO_SECONDS", "--max-audio-seconds",
+            "longest audio accepted"),
     Setting("request_timeout_s", "IB_REQUEST_TIMEOUT_S", "--request-timeout-s",
             "a request still waiting after this gets 504"),
     Setting("normalize", "IB_NORMALIZE", "--normalize",
@@ -73,7 +75,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("torch_threads", "IB_TORCH_THREADS", "--torch-threads",
             "PyTorch threads for CPU replicas (default: cores / (CPU replicas + 1))"),
     Setting("api_key", "IB_API_KEY", "--api-key",
-            "if set, /vectorize and /meta need 'Authorization: Bearer KEY'"),
+            "if set, all but /.well-known/* need 'Authorization: Bearer KEY'"),
     Setting("mode", "IB_MODE", "--mode",
             "batched, or baseline: one request at a time, like the reference container"),
 )  # fmt: skip
@@ -98,6 +100,7 @@ class ServerSettings:
     max_body_mb: float = 64.0
     max_items: int = 256
     max_video_seconds: float = 600.0
+    max_audio_seconds: float = 600.0
     request_timeout_s: float = 60.0
     normalize: bool = True
     preprocess_workers: int | None = None

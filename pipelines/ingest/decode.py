@@ -68,7 +68,7 @@ class ReadAndDecode(beam.DoFn):
         for name, value in obj.fields.items():
             try:
                 media[name] = read_field(value)
-            except (OSError, UnicodeDecodeError) as err:
+            except Exception as err:  # OSError, bad UTF-8, a URI scheme no FileSystem serves
                 reason = f"{name}: cannot read {value.describe()}: {err}"
                 yield self._failure(obj, "read", reason)
                 return
@@ -88,8 +88,10 @@ class ReadAndDecode(beam.DoFn):
                         modality, content, 0, loader_for(modality, self.max_video_seconds)
                     )
             except InputError as err:
-                reason = f"{name} ({err.modality}): {err.reason}"
-                yield self._failure(obj, "decode", reason)
+                yield self._failure(obj, "decode", f"{name} ({err.modality}): {err.reason}")
+                return
+            except Exception as err:  # a decoder bug must not stop the job either
+                yield self._failure(obj, "decode", f"{name}: {type(err).__name__}: {err}")
                 return
         self.decoded.inc()
         yield ready

@@ -11,6 +11,7 @@ which is what a GPU worker wants.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,29 @@ from ib_vectorizer.embedder import Embedder, resolve_device
 from ib_vectorizer.modalities import Modality
 
 from .decode import ReadyObject
+
+
+def has_scheme(path: str | None) -> bool:
+    return bool(path) and "://" in path
+
+
+def local_copy(uri: str) -> str:
+    """Copy a checkpoint from any Beam FileSystem (gs://, s3://, ...) to this worker once."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from apache_beam.io.filesystems import FileSystems
+
+    target = Path(tempfile.gettempdir()) / "ib_vectorizer" / Path(uri).name
+    if target.exists():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    with FileSystems.open(uri) as source, partial.open("wb") as sink:
+        shutil.copyfileobj(source, sink, length=16 << 20)
+    os.replace(partial, target)
+    return str(target)
 
 
 @dataclass
@@ -55,7 +79,8 @@ class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder])
 
         device = resolve_device(self.device)
         dtype = self.dtype or ("float16" if device.type == "cuda" else "float32")
-        model = create_model(self.model_name, checkpoint=resolve_checkpoint(self.checkpoint),
+        checkpoint = local_copy(self.checkpoint) if has_scheme(self.checkpoint) else self.checkpoint
+        model = create_model(self.model_name, checkpoint=resolve_checkpoint(checkpoint),
                              device=device, dtype=getattr(torch, dtype))  # fmt: skip
         return Embedder(model, normalize=True)
 

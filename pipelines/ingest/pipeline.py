@@ -74,7 +74,9 @@ def to_weaviate_object(
         else:
             properties[name] = base64.b64encode(content).decode()
     vector = None
-    if vectors is not None:
+    configured = {f.name for f in config.fields}
+    vectors = {k: v for k, v in (vectors or {}).items() if k in configured}
+    if vectors:  # else (no field the collection knows): Weaviate decides, and says why
         vector = combine_like_weaviate(vectors, config.fields).tolist()
         EMBEDDED.inc()
     return WeaviateObject(
@@ -83,10 +85,15 @@ def to_weaviate_object(
     )  # fmt: skip
 
 
+FAILED = beam.metrics.Metrics.counter("ib_ingest", "failed")
+
+
 def _batch_failures(failed) -> list[Failure]:
+    """RunInference's dead letter (batch, (exception type, repr, traceback)) → Failures."""
     batch, error = failed
-    return [Failure(o.source_id, o.source, "embed", f"{type(error).__name__}: {error}")
-            for o in batch]  # fmt: skip
+    reason = error[1] if isinstance(error, tuple) and len(error) > 1 else repr(error)
+    FAILED.inc(len(batch))
+    return [Failure(o.source_id, o.source, "embed", str(reason)) for o in batch]
 
 
 def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget):

@@ -87,7 +87,8 @@ class EmbedWithServer(beam.DoFn):
         try:
             results = embed_via_server(self.url, batch)
         except VectorizerError as err:
-            if err.status != 400 or len(batch) == 1:
+            # 400 names one bad item, 413 says the batch is too big: retry one by one.
+            if err.status not in (400, 413) or len(batch) == 1:
                 for obj in batch:
                     self.failed.inc()
                     failure = Failure(obj.source_id, obj.source, "embed", str(err))

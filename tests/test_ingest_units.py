@@ -1,0 +1,59 @@
+"""Units of the ingestion pipeline's own logic (no Beam runner, no Weaviate)."""
+
+from __future__ import annotations
+
+import numpy as np
+from weaviate.util import generate_uuid5
+
+from ib_vectorizer.modalities import Modality
+from pipelines.ingest.decode import ReadyObject
+from pipelines.ingest.pipeline import IngestConfig, _batch_failures, to_weaviate_object
+from pipelines.ingest.sources import InputSpec
+from pipelines.schema import MediaField
+
+FIELDS = (MediaField("image", Modality.VISION), MediaField("text", Modality.TEXT))
+
+
+def config(store_uri: bool = False) -> IngestConfig:
+    return IngestConfig(
+        spec=InputSpec("x.jsonl"), collection="C", embed="local", fields=FIELDS,
+        model="m", checkpoint=None, vectorizer_url=None, batch_size=8, max_batch_views=8,
+        store_uri=store_uri, device=None, share_model=False,
+    )  # fmt: skip
+
+
+def ready(**media) -> ReadyObject:
+    modalities = {"image": Modality.VISION, "text": Modality.TEXT, "image_back": Modality.VISION}
+    return ReadyObject(
+        source_id="id-1", source="m.jsonl:line 3", properties={"year": 2020},
+        media=media, modalities={k: modalities[k] for k in media},
+        uris={"image": "gs://b/i.jpg"} if "image" in media else {},
+    )  # fmt: skip
+
+
+def test_embed_failures_carry_the_exception_text_not_a_tuple():
+    batch = [ready(text="a"), ready(text="b")]
+    error = (RuntimeError, "RuntimeError('CUDA out of memory')", ["Traceback ..."])
+    failures = _batch_failures((batch, error))
+    assert [f.stage for f in failures] == ["embed", "embed"]
+    assert failures[0].error == "RuntimeError('CUDA out of memory')"
+
+
+def test_object_properties_vector_and_id():
+    obj = to_weaviate_object(ready(image=b"\x01\x02", text="hi"),
+                             {"image": np.ones(2), "text": np.zeros(2)}, config())  # fmt: skip
+    assert obj.properties == {"year": 2020, "source_id": "id-1", "image": "AQI=", "text": "hi"}
+    np.testing.assert_allclose(obj.vector, [0.5, 0.5])
+    assert obj.uuid == str(generate_uuid5("id-1"))  # the same id → the same object
+
+
+def test_store_uri_keeps_the_uri_and_drops_the_bytes():
+    obj = to_weaviate_object(ready(image=b"\x01", text="hi"), None, config(store_uri=True))
+    assert obj.properties["image_uri"] == "gs://b/i.jpg" and "image" not in obj.properties
+    assert obj.vector is None
+
+
+def test_a_field_the_collection_does_not_know_is_not_combined():
+    # e.g. a JSONL key first seen after the rows that planned the collection
+    obj = to_weaviate_object(ready(image_back=b"\x01"), {"image_back": np.ones(2)}, config())
+    assert obj.vector is None  # Weaviate decides (and the write stage reports it)
