@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from urllib.parse import urlparse
+
+from .connection import connect_weaviate
 
 EXIT_FAILED = 1
 
@@ -57,21 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def connect(args: argparse.Namespace, resources: ExitStack):
     """A client for --weaviate-url, or for a local stack started (and stopped) here."""
-    import weaviate
-
     if args.weaviate_url:
-        url = urlparse(args.weaviate_url)
-        if not url.hostname:
-            raise QueryError(f"not a URL: {args.weaviate_url}")
         try:
-            client = weaviate.connect_to_custom(
-                http_host=url.hostname,
-                http_port=url.port or (443 if url.scheme == "https" else 80),
-                http_secure=url.scheme == "https",
-                grpc_host=url.hostname,
-                grpc_port=args.grpc_port or 50051,
-                grpc_secure=url.scheme == "https",
-            )
+            client = connect_weaviate(args.weaviate_url, args.grpc_port or 50051)
         except Exception as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise QueryError(f"cannot reach Weaviate at {args.weaviate_url}: {reason}") from None

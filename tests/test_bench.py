@@ -160,13 +160,7 @@ def test_bad_settings_fail_with_a_message(capsys):
 TINY = ["--model", str(FIXTURE / "config.json"), "--checkpoint", str(FIXTURE / "state_dict.pt")]
 
 
-@pytest.fixture
-def serve_available():
-    pytest.importorskip("aiohttp")
-    pytest.importorskip("ib_vectorizer.serving.server")
-
-
-def test_bench_measures_batched_and_baseline(serve_available, tmp_path, capsys):
+def test_bench_measures_batched_and_baseline(tmp_path, capsys):
     out = tmp_path / "out.json"
     args = parse(
         *TINY,
@@ -194,7 +188,7 @@ def test_bench_measures_batched_and_baseline(serve_available, tmp_path, capsys):
         assert bench.probe(server["url"] + "/.well-known/live", {}) is None
 
 
-def test_bench_reports_a_server_that_cannot_start(serve_available, tmp_path, capsys):
+def test_bench_reports_a_server_that_cannot_start(tmp_path, capsys):
     missing = tmp_path / "no-such-model.json"
     args = parse(
         "--model", str(missing), "--random-weights", "--requests", "1", "--startup-timeout", "120"

@@ -14,11 +14,11 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
+from ..connection import connect_weaviate
 from .objects import Failure
 
 log = logging.getLogger(__name__)
@@ -39,17 +39,7 @@ class WeaviateTarget:
     api_key: str | None = None
 
     def connect(self):
-        import weaviate
-        from weaviate.classes.init import Auth
-
-        parsed = urlparse(self.url)
-        secure = parsed.scheme == "https"
-        return weaviate.connect_to_custom(
-            http_host=parsed.hostname, http_port=parsed.port or (443 if secure else 80),
-            http_secure=secure, grpc_host=parsed.hostname, grpc_port=self.grpc_port,
-            grpc_secure=secure,
-            auth_credentials=Auth.api_key(self.api_key) if self.api_key else None,
-        )  # fmt: skip
+        return connect_weaviate(self.url, self.grpc_port, self.api_key)
 
 
 @dataclass
