@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tqdm import tqdm
+
+from .retry import Backoff, call_with_retries
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -360,7 +361,7 @@ def download(
         log.info("downloading %s to %s, resuming at byte %d", url, dest, resumed)
     else:
         log.info("downloading %s to %s", url, dest)
-    attempt = 0
+    backoff = Backoff(attempts=retries + 1, base_s=_BACKOFF_BASE_S, max_s=_BACKOFF_MAX_S)
     with tqdm(
         desc=dest.name,
         initial=resumed,
@@ -370,29 +371,21 @@ def download(
         disable=not progress,
         dynamic_ncols=True,
     ) as bar:
-        while True:
-            try:
-                _fetch_once(url, part, chunk_bytes, timeout, bar)
-                break
-            except _Fatal as exc:
-                raise _fail(url, exc) from exc
-            except _Retryable as exc:
-                if attempt >= retries:
-                    kept = _size_on_disk(part)
-                    kept_note = f"; {kept} bytes kept in {part}, rerun to resume" if kept else ""
-                    reason = f"{exc} (gave up after {attempt + 1} attempts{kept_note})"
-                    raise _fail(url, reason) from exc
-                delay = min(_BACKOFF_BASE_S * 2**attempt, _BACKOFF_MAX_S)
-                attempt += 1
-                log.warning(
-                    "download of %s interrupted (%s); retry %d/%d in %.1f s",
-                    url,
-                    exc,
-                    attempt,
-                    retries,
-                    delay,
-                )
-                time.sleep(delay)
+        try:
+            call_with_retries(
+                lambda: _fetch_once(url, part, chunk_bytes, timeout, bar),
+                retryable=lambda err: isinstance(err, _Retryable),
+                backoff=backoff,
+                what=f"download of {url}",
+                log=log,
+            )
+        except _Fatal as exc:
+            raise _fail(url, exc) from exc
+        except _Retryable as exc:
+            kept = _size_on_disk(part)
+            kept_note = f"; {kept} bytes kept in {part}, rerun to resume" if kept else ""
+            reason = f"{exc} (gave up after {backoff.attempts} attempts{kept_note})"
+            raise _fail(url, reason) from exc
 
     try:
         os.replace(part, dest)

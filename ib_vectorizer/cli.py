@@ -1,4 +1,4 @@
-"""``ib-vectorizer``: embed files, fetch weights (and, later, serve).
+"""``ib-vectorizer``: embed files, fetch weights, serve Weaviate, benchmark the server.
 
 Each subcommand is a ``add_<name>_parser`` that registers its flags and a
 ``run_<name>`` that does the work and returns the exit status.
@@ -15,53 +15,19 @@ from pathlib import Path
 
 from . import __version__
 from .modalities import Modality
+from .options import ModelOptions, add_flags, from_sources
 
 log = logging.getLogger("ib_vectorizer")
 
 EXIT_BAD_INPUT = 2
 EXIT_SETUP = 1
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that runs the model."""
-    parser.add_argument(
-        "--model",
-        default=os.environ.get("IB_MODEL", "imagebind_huge"),
-        help="preset name or config.json of constructor arguments (env IB_MODEL; "
-        "default imagebind_huge)",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        default=os.environ.get("IB_CHECKPOINT") or None,
-        help="weights file (env IB_CHECKPOINT; default ~/.cache/ib_vectorizer/imagebind_huge.pth)",
-    )
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)"
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default=None,
-        help="weights dtype (default: float16 on CUDA, float32 on CPU)",
-    )
 
 
 def load_embedder(args: argparse.Namespace, normalize: bool):
-    """Model + embedder from the shared flags; raises ValueError/CheckpointError with advice."""
-    import torch
+    """Model + embedder from the model flags; raises ValueError/CheckpointError with advice."""
+    from .embedder import Embedder
 
-    from .checkpoints import resolve_checkpoint
-    from .embedder import Embedder, resolve_device
-    from .model import create_model
-
-    device = resolve_device(args.device)
-    dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    model = create_model(
-        args.model, checkpoint=checkpoint, device=device, dtype=getattr(torch, dtype_name)
-    )
-    return Embedder(model, normalize=normalize)
+    return Embedder(from_sources(ModelOptions, args).create(), normalize=normalize)
 
 
 def add_embed_parser(commands: argparse._SubParsersAction) -> None:
@@ -71,7 +37,7 @@ def add_embed_parser(commands: argparse._SubParsersAction) -> None:
         description="Embed INPUTs of one modality into float32 (len(INPUT), dim), in input order.",
     )
     parser.add_argument("--modality", required=True, choices=[m.value for m in Modality])
-    add_model_flags(parser)
+    add_flags(parser.add_argument_group("model"), ModelOptions)
     parser.add_argument(
         "--raw-scale",
         action="store_true",
@@ -93,7 +59,6 @@ def run_embed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .errors import InputError
-    from .preprocess import load_batch
 
     modality = Modality(args.modality)
     if args.batch_size < 1:
@@ -111,7 +76,7 @@ def run_embed(args: argparse.Namespace) -> int:
                 if modality is Modality.TEXT
                 else [_read(name, modality, start + i) for i, name in enumerate(names)]
             )
-            batch = load_batch(modality, items, first_index=start)
+            batch = embedder.preprocessor.load_batch(modality, items, first_index=start)
         except InputError as err:
             source = args.inputs[err.index]
             where = f"text {err.index}" if modality is Modality.TEXT else source
@@ -186,44 +151,8 @@ def run_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings_from(args)))
 
 
-def add_stack_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "stack",
-        help="run our inference server plus an embedded Weaviate wired to it",
-        description="Start the local stack and keep it running until Ctrl-C or SIGTERM.",
-    )
-    parser.add_argument("--data-dir", default=None, help="where Weaviate keeps its data and logs")
-    parser.add_argument("--model", default=os.environ.get("IB_MODEL"), help="env IB_MODEL")
-    parser.add_argument(
-        "--checkpoint", default=os.environ.get("IB_CHECKPOINT"), help="env IB_CHECKPOINT"
-    )
-    parser.set_defaults(run=run_stack)
-
-
-def run_stack(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from pipelines.stack import LocalStack
-
-    # Until both are ready, Ctrl-C interrupts start() itself, which stops what it started.
-    with LocalStack(args.data_dir, model=args.model, checkpoint=args.checkpoint) as stack:
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        for line in stack.endpoints.lines():
-            print(line, flush=True)
-        while not stop.wait(1.0):
-            dead = stack.exited()
-            if dead:
-                log.error("%s exited; stopping the stack:\n%s", dead, stack.log_tail(dead))
-                return 1
-        log.info("stopping the stack")
-    return 0
-
-
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
-    from .serving.bench import add_bench_parser as add
+    from .bench import add_bench_parser as add
 
     add(commands)
 
@@ -236,14 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_embed_parser(commands)
     add_download_parser(commands)
     add_serve_parser(commands)
-    add_stack_parser(commands)
     add_bench_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipelines.stack import StackError
-
     from .checkpoints import CheckpointError
 
     args = build_parser().parse_args(argv)
@@ -252,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (CheckpointError, ValueError, StackError) as err:
+    except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_SETUP
     except KeyboardInterrupt:

@@ -10,30 +10,33 @@ import torch
 
 from .modalities import Modality
 from .model import ImageBind
-from .preprocess import load_batch
+from .preprocess import MAX_AUDIO_SECONDS, MAX_VIDEO_SECONDS, Preprocessor
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``None`` means CUDA when present, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return resolved
-
-
 class Embedder:
-    """Runs an :class:`ImageBind` on preprocessed batches.
+    """Runs an :class:`ImageBind` on raw items or preprocessed batches.
 
-    fp16/bf16 weights run under autocast, so LayerNorm, softmax and the final
-    normalisation stay in float32. ``normalize`` picks unit vectors (default)
-    or the reference's logit-scaled outputs.
+    Raw items are preprocessed for the model's own input geometry
+    (``self.preprocessor``); a config preprocessing cannot follow is refused
+    here, before anything is embedded. fp16/bf16 weights run under autocast, so
+    LayerNorm, softmax and the final normalisation stay in float32.
+    ``normalize`` picks unit vectors (default) or the reference's logit-scaled
+    outputs; the limits bound the decoding of one video or audio item.
     """
 
-    def __init__(self, model: ImageBind, normalize: bool = True) -> None:
+    def __init__(
+        self,
+        model: ImageBind,
+        normalize: bool = True,
+        *,
+        max_video_seconds: float | None = MAX_VIDEO_SECONDS,
+        max_audio_seconds: float | None = MAX_AUDIO_SECONDS,
+    ) -> None:
+        self.preprocessor = Preprocessor.for_model(
+            model.config, max_video_seconds=max_video_seconds, max_audio_seconds=max_audio_seconds
+        )
         self.model = model
         self.normalize = normalize
         first = next(model.parameters())
@@ -58,21 +61,7 @@ class Embedder:
 
     def example_batch(self, modality: Modality | str, batch: int = 1) -> torch.Tensor:
         """Zeros shaped like ``batch`` preprocessed items, for warming up kernels."""
-        c = self.model.config
-        size = c.image_size
-        shapes = {
-            Modality.VISION: (3, size, size),
-            Modality.VIDEO: (Modality.VIDEO.views_per_item, 3, c.video_frames, size, size),
-            Modality.AUDIO: (Modality.AUDIO.views_per_item, 1, c.audio_num_mel_bins,
-                             c.audio_target_len),
-            Modality.DEPTH: (1, size, size),
-            Modality.THERMAL: (1, size, size),
-            Modality.IMU: (c.imu_channels, c.imu_samples),
-        }  # fmt: skip
-        modality = Modality(modality)
-        if modality is Modality.TEXT:
-            return torch.zeros(batch, c.context_length, dtype=torch.int64)
-        return torch.zeros(batch, *shapes[modality])
+        return self.preprocessor.example_batch(modality, batch)
 
     def warm_up(self) -> None:
         """Run every modality once so the first real request pays no start-up cost."""
@@ -92,6 +81,8 @@ class Embedder:
         size = max(1, batch_size)
         vectors = [np.zeros((0, self.model.config.out_embed_dim), dtype=np.float32)]
         for start in range(0, len(items), size):
-            batch = load_batch(modality, items[start : start + size], first_index=start)
+            batch = self.preprocessor.load_batch(
+                modality, items[start : start + size], first_index=start
+            )
             vectors.append(self.embed_tensors(modality, batch).numpy())
         return np.concatenate(vectors)

@@ -126,8 +126,10 @@ def provision(version: str = WEAVIATE_VERSION, directory: Path | None = None) ->
         return target, "found"
     started = time.perf_counter()
     failures = []
-    for route, action in ((build_with_go, "built with go install"),
-                          (download_release, "downloaded the release")):  # fmt: skip
+    for route, action in (
+        (build_with_go, "built with go install"),
+        (download_release, "downloaded the release"),
+    ):
         try:
             route(version, target)
             return target, f"{action} in {time.perf_counter() - started:.0f} s"

@@ -7,27 +7,22 @@ its data directory, queries, and stops it again.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
-import os
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+from ib_vectorizer.modalities import Modality
+from ib_vectorizer.options import ModelOptions, add_flags, from_sources
+
 from .connection import connect_weaviate
 
 EXIT_FAILED = 1
 
-# --near-X flag → weaviate NearMediaType member name (None: near_text)
-NEAR_FLAGS = {
-    "image": "IMAGE",
-    "audio": "AUDIO",
-    "video": "VIDEO",
-    "depth": "DEPTH",
-    "thermal": "THERMAL",
-    "imu": "IMU",
-    "text": None,
-}
+# --near-image, --near-audio, ..., --near-text; a media label is also its NearMediaType member.
+NEAR_KINDS = [m.label for m in Modality if m is not Modality.TEXT] + ["text"]
 
 
 class QueryError(Exception):
@@ -40,18 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--collection", required=True)
     near = parser.add_mutually_exclusive_group(required=True)
-    for name in NEAR_FLAGS:
+    for name in NEAR_KINDS:
         metavar = "TEXT" if name == "text" else "FILE"
         near.add_argument(f"--near-{name}", metavar=metavar, help=f"query by {name}")
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--weaviate-url", help="a running Weaviate (default: the local stack)")
-    parser.add_argument("--grpc-port", type=int, default=None,
-                        help="Weaviate's gRPC port (default 50051)")  # fmt: skip
+    parser.add_argument(
+        "--grpc-port", type=int, default=None, help="Weaviate's gRPC port (default 50051)"
+    )
     parser.add_argument("--data-dir", help="the local stack's data directory")
-    parser.add_argument("--model", default=os.environ.get("IB_MODEL"),
-                        help="for the local stack's vectorizer (env IB_MODEL)")  # fmt: skip
-    parser.add_argument("--checkpoint", default=os.environ.get("IB_CHECKPOINT"),
-                        help="for the local stack's vectorizer (env IB_CHECKPOINT)")  # fmt: skip
+    add_flags(parser.add_argument_group("the local stack's model"), ModelOptions)
     parser.add_argument("--json", action="store_true", help="one JSON object per hit")
     return parser
 
@@ -67,7 +60,7 @@ def connect(args: argparse.Namespace, resources: ExitStack):
     else:
         from .stack import LocalStack, StackError
 
-        stack = LocalStack(args.data_dir, model=args.model, checkpoint=args.checkpoint)
+        stack = LocalStack(args.data_dir, from_sources(ModelOptions, args))
         try:
             resources.enter_context(stack)
         except StackError as err:
@@ -85,10 +78,16 @@ def search(client, args: argparse.Namespace) -> list[dict]:
         raise QueryError(f"collection {args.collection!r} does not exist")
     collection = client.collections.get(args.collection)
     shown = [p.name for p in collection.config.get().properties if p.data_type != DataType.BLOB]
-    options = {"limit": args.limit, "return_metadata": MetadataQuery(distance=True),
-               "return_properties": shown}  # fmt: skip
-    kind, value = next((k, getattr(args, f"near_{k}")) for k in NEAR_FLAGS
-                       if getattr(args, f"near_{k}") is not None)  # fmt: skip
+    options = {
+        "limit": args.limit,
+        "return_metadata": MetadataQuery(distance=True),
+        "return_properties": shown,
+    }
+    kind, value = next(
+        (k, getattr(args, f"near_{k}"))
+        for k in NEAR_KINDS
+        if getattr(args, f"near_{k}") is not None
+    )
     if kind == "text":
         result = collection.query.near_text(query=value, **options)
     else:
@@ -96,11 +95,9 @@ def search(client, args: argparse.Namespace) -> list[dict]:
             media = Path(value).read_bytes()
         except OSError as err:
             raise QueryError(f"cannot read {value}: {err.strerror}") from None
-        import base64
-
         result = collection.query.near_media(
             media=base64.b64encode(media).decode(),
-            media_type=getattr(NearMediaType, NEAR_FLAGS[kind]),
+            media_type=getattr(NearMediaType, kind.upper()),
             **options,
         )
     return [

@@ -16,9 +16,14 @@ from ib_vectorizer.modalities import Modality
 
 # Weaviate concatenates an object's vectors in this modality order.
 WEAVIATE_MODALITY_ORDER = (
-    Modality.TEXT, Modality.VISION, Modality.AUDIO, Modality.VIDEO, Modality.IMU,
-    Modality.THERMAL, Modality.DEPTH,
-)  # fmt: skip
+    Modality.TEXT,
+    Modality.VISION,
+    Modality.AUDIO,
+    Modality.VIDEO,
+    Modality.IMU,
+    Modality.THERMAL,
+    Modality.DEPTH,
+)
 # The ``Configure.Vectors.multi2vec_bind`` keyword for each modality.
 CONFIG_KEYWORD = {
     Modality.TEXT: "text_fields",
@@ -127,9 +132,11 @@ def combine_like_weaviate(
     are not normalised first.
     """
     ordered = [
-        f for m in WEAVIATE_MODALITY_ORDER for f in sorted(fields, key=lambda f: f.name)
+        f
+        for m in WEAVIATE_MODALITY_ORDER
+        for f in sorted(fields, key=lambda f: f.name)
         if f.modality is m
-    ]  # fmt: skip
+    ]
     present = [np.asarray(vectors[f.name], dtype=np.float64) for f in ordered if f.name in vectors]
     if not present:
         raise ValueError("no field of the object has a vector")

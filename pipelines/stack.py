@@ -1,6 +1,6 @@
 """The local stack: our inference server plus an embedded Weaviate wired to it.
 
-One class starts both for a user (``ib-vectorizer stack``), a query
+One class starts both for a user (``ib-stack``), a query
 (``ib-query``), an ingestion job or a test: free ports, Weaviate with
 ``ENABLE_MODULES=multi2vec-bind`` and ``BIND_INFERENCE_API`` pointing at our
 server, data persisted under a data directory, both waited for until ready,
@@ -15,24 +15,34 @@ data directory survives restarts on new ports.
 
 from __future__ import annotations
 
-import ctypes
+import argparse
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ib_vectorizer.options import ModelOptions, add_flags, as_env, from_sources
+from ib_vectorizer.server_process import (
+    READY_TIMEOUT_S,
+    ServerProcess,
+    ServerStartError,
+    die_with_parent,
+    free_ports,
+    http_status,
+    tail,
+)
 
 from .provision import WEAVIATE_VERSION, embedded_binary_path
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 600.0  # imagebind_huge takes minutes to load on a CPU
 STOP_TIMEOUT_S = 30.0
 
 
@@ -44,18 +54,6 @@ def default_data_dir(env: dict[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     base = Path(env["XDG_DATA_HOME"]) if env.get("XDG_DATA_HOME") else Path.home() / ".local/share"
     return base / "ib_vectorizer" / "stack"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS reports free right now (held open together so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def free_port_block(size: int, avoid: set[int] = frozenset(), attempts: int = 50) -> int:
@@ -82,21 +80,6 @@ def free_port_block(size: int, avoid: set[int] = frozenset(), attempts: int = 50
     raise StackError(f"found no {size} consecutive free ports")
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, so nothing is orphaned."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @dataclass(frozen=True)
 class Endpoints:
     weaviate_http: str
@@ -117,24 +100,23 @@ class Endpoints:
 
 
 class LocalStack:
-    """``with LocalStack(data_dir) as stack: stack.client()``"""
+    """``with LocalStack(data_dir, ModelOptions(...)) as stack: stack.client()``"""
 
     def __init__(
         self,
         data_dir: str | Path | None = None,
-        model: str | None = None,
-        checkpoint: str | None = None,
+        model: ModelOptions | None = None,
         vectorizer_env: dict[str, str] | None = None,
         weaviate_version: str = WEAVIATE_VERSION,
         weaviate_binary: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
-        self.model = model
-        self.checkpoint = checkpoint
+        self.model = model or ModelOptions()
         self.vectorizer_env = vectorizer_env or {}
         self.weaviate_binary = weaviate_binary or embedded_binary_path(weaviate_version)
         self.endpoints: Endpoints | None = None
-        self._processes: dict[str, subprocess.Popen] = {}
+        self._vectorizer: ServerProcess | None = None
+        self._weaviate: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -147,12 +129,10 @@ class LocalStack:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         vectorizer_port, http_port, grpc_port, profiling_port = free_ports(4)
         taken = {vectorizer_port, http_port, grpc_port, profiling_port}
-        vectorizer = f"http://127.0.0.1:{vectorizer_port}"
         try:
-            self._start_vectorizer(vectorizer_port)
-            self._wait("vectorizer", f"{vectorizer}/.well-known/ready")
+            vectorizer = self._start_vectorizer(vectorizer_port)
             self._start_weaviate(http_port, grpc_port, profiling_port, taken, vectorizer)
-            self._wait("weaviate", f"http://127.0.0.1:{http_port}/v1/.well-known/ready")
+            self._wait_for_weaviate(f"http://127.0.0.1:{http_port}/v1/.well-known/ready")
         except BaseException:
             self.stop()
             raise
@@ -162,24 +142,26 @@ class LocalStack:
 
     def stop(self) -> None:
         """Weaviate first (it may still call the vectorizer), then the vectorizer."""
-        for name in ("weaviate", "vectorizer"):
-            process = self._processes.pop(name, None)
-            if process is None or process.poll() is not None:
-                continue
-            process.terminate()
+        weaviate, self._weaviate = self._weaviate, None
+        if weaviate is not None and weaviate.poll() is None:
+            weaviate.terminate()
             try:
-                process.wait(timeout=STOP_TIMEOUT_S)
+                weaviate.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %g s; killing it", name, STOP_TIMEOUT_S)
-                process.kill()
-                process.wait()
+                log.warning("weaviate did not stop within %g s; killing it", STOP_TIMEOUT_S)
+                weaviate.kill()
+                weaviate.wait()
+        vectorizer, self._vectorizer = self._vectorizer, None
+        if vectorizer is not None:
+            vectorizer.stop(STOP_TIMEOUT_S)
         self.endpoints = None
 
     def exited(self) -> str | None:
         """The name of a part that has died since start, if any."""
-        for name, process in self._processes.items():
-            if process.poll() is not None:
-                return name
+        if self._weaviate is not None and self._weaviate.poll() is not None:
+            return "weaviate"
+        if self._vectorizer is not None and self._vectorizer.exit_code() is not None:
+            return "vectorizer"
         return None
 
     def __enter__(self) -> LocalStack:
@@ -201,27 +183,24 @@ class LocalStack:
             grpc_port=self.endpoints.weaviate_grpc_port,
         )
 
+    def log_path(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        return tail(self.log_path(name), lines)
+
     # ------------------------------------------------------------------ parts
 
-    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
-        log_file = open(self.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
+    def _start_vectorizer(self, port: int) -> str:
+        env = {**as_env(self.model), **self.vectorizer_env}
+        self._vectorizer = ServerProcess(
+            env, log_path=self.log_path("vectorizer"), port=port, name="vectorizer"
+        ).start()
         try:
-            self._processes[name] = subprocess.Popen(
-                command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-            )  # fmt: skip
-        finally:
-            log_file.close()  # the child has its own descriptor
-
-    def _start_vectorizer(self, port: int) -> None:
-        env = {**os.environ, **self.vectorizer_env}
-        if self.model:
-            env["IB_MODEL"] = str(self.model)
-        if self.checkpoint:
-            env["IB_CHECKPOINT"] = str(self.checkpoint)
-        command = [sys.executable, "-m", "ib_vectorizer", "serve",
-                   "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-        self._spawn("vectorizer", command, env)
+            self._vectorizer.wait_ready()
+        except ServerStartError as err:
+            raise StackError(str(err)) from None
+        return self._vectorizer.url
 
     def _start_weaviate(
         self, http: int, grpc: int, profiling: int, taken: set[int], inference: str
@@ -249,26 +228,73 @@ class LocalStack:
             "QUERY_DEFAULTS_LIMIT": "20",
             "LOG_LEVEL": os.environ.get("WEAVIATE_LOG_LEVEL", "warning"),
         }
-        command = [str(self.weaviate_binary), "--host", "127.0.0.1", "--port", str(http),
-                   "--scheme", "http", "--read-timeout=600s", "--write-timeout=600s"]  # fmt: skip
-        self._spawn("weaviate", command, env)
+        command = [str(self.weaviate_binary), "--host", "127.0.0.1", "--port", str(http)]
+        command += ["--scheme", "http", "--read-timeout=600s", "--write-timeout=600s"]
+        with self.log_path("weaviate").open("ab") as log_file:  # the child has its own copy
+            self._weaviate = subprocess.Popen(
+                command,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
 
-    def _wait(self, name: str, url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-        process = self._processes[name]
+    def _wait_for_weaviate(self, url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if process.poll() is not None:
+            if self._weaviate.poll() is not None:
                 raise StackError(
-                    f"{name} exited with status {process.returncode} during start-up:\n"
-                    + self.log_tail(name)
+                    f"weaviate exited with status {self._weaviate.returncode} during start-up:\n"
+                    + self.log_tail("weaviate")
                 )
-            if _http_ok(url):
+            if (http_status(url, timeout=2.0) or 0) // 100 == 2:
                 return
             time.sleep(0.1)
-        raise StackError(f"{name} not ready after {timeout_s:g} s:\n{self.log_tail(name)}")
+        raise StackError(f"weaviate not ready after {timeout_s:g} s:\n{self.log_tail('weaviate')}")
 
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.data_dir / "logs" / f"{name}.log"
-        if not path.exists():
-            return "(no log)"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+# ---------------------------------------------------------------------------- ib-stack
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ib-stack",
+        description="Run our inference server plus a Weaviate wired to it as its multi2vec-bind "
+        "vectorizer, until Ctrl-C or SIGTERM. Prints the endpoints, one per line.",
+    )
+    parser.add_argument("--data-dir", default=None, help="where Weaviate keeps its data and logs")
+    add_flags(parser.add_argument_group("the inference server's model"), ModelOptions)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        # Until both are ready, Ctrl-C interrupts start() itself, which stops what it started.
+        with LocalStack(args.data_dir, from_sources(ModelOptions, args)) as stack:
+            stop = threading.Event()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
+            for line in stack.endpoints.lines():
+                print(line, flush=True)
+            while not stop.wait(1.0):
+                dead = stack.exited()
+                if dead:
+                    log.error("%s exited; stopping the stack:\n%s", dead, stack.log_tail(dead))
+                    return 1
+            log.info("stopping the stack")
+    except (StackError, ValueError) as err:
+        print(f"ib-stack: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

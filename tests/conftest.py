@@ -42,13 +42,14 @@ def texts() -> list[str]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """Our inference server (tiny model) plus the real Weaviate, one per test module."""
+    from ib_vectorizer.options import ModelOptions
     from pipelines.stack import LocalStack
 
     from .server_process import TINY_ENV
 
     data_dir = tmp_path_factory.mktemp("stack")
-    model, checkpoint = TINY_ENV["IB_MODEL"], TINY_ENV["IB_CHECKPOINT"]
-    with LocalStack(data_dir, model=model, checkpoint=checkpoint) as running:
+    model = ModelOptions(model=TINY_ENV["IB_MODEL"], checkpoint=TINY_ENV["IB_CHECKPOINT"])
+    with LocalStack(data_dir, model) as running:
         yield running
 
 

@@ -10,28 +10,29 @@ import math
 import numpy as np
 import pytest
 
-from ib_vectorizer.preprocess import load_item
-from ib_vectorizer.serving import bench
-from ib_vectorizer.serving.bench import (
-    KINDS,
+from ib_vectorizer.bench import add_bench_parser
+from ib_vectorizer.bench.command import run_bench
+from ib_vectorizer.bench.driver import (
     Budget,
     RequestPicker,
     Sample,
     check_answer,
-    make_pool,
     mix_name,
     parse_mix,
-    percentile,
-    request_body,
-    summarize,
 )
+from ib_vectorizer.bench.payloads import make_pool, request_body
+from ib_vectorizer.bench.report import percentile, summarize
+from ib_vectorizer.modalities import Modality
+from ib_vectorizer.preprocess import Preprocessor
+from ib_vectorizer.server_process import http_status
+from ib_vectorizer.serving.protocol import WIRE_NAME
 
 from .fixture_data import FIXTURE
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    bench.add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["bench", *argv])
 
 
@@ -79,15 +80,16 @@ def test_mix_flag_appends_scenarios_and_reports_bad_ones(capsys):
 # ------------------------------------------------------------------ payloads
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", [m.label for m in Modality])
 def test_payloads_decode_and_are_distinct_and_deterministic(kind):
     pool = make_pool(kind, count=2, seed=3)
     assert len(set(pool)) == 2
     assert pool == make_pool(kind, count=2, seed=3)
     for item in pool:
-        load_item(KINDS[kind].modality, item)  # raises InputError if undecodable
+        Preprocessor().load_item(Modality.parse(kind), item)  # InputError if undecodable
     body = json.loads(request_body(kind, pool[0]))
-    assert list(body) == [KINDS[kind].request_key] and len(body[KINDS[kind].request_key]) == 1
+    key = WIRE_NAME[Modality.parse(kind)]
+    assert list(body) == [key] and len(body[key]) == 1
 
 
 def test_payload_shapes_match_the_brief():
@@ -149,9 +151,9 @@ def test_check_answer_wants_one_vector_under_the_right_key():
 
 
 def test_bad_settings_fail_with_a_message(capsys):
-    assert bench.run_bench(parse("--concurrency", "0")) == 1
+    assert run_bench(parse("--concurrency", "0")) == 1
     assert "--concurrency" in capsys.readouterr().err
-    assert bench.run_bench(parse("--baseline-url", "http://127.0.0.1:1")) == 1
+    assert run_bench(parse("--baseline-url", "http://127.0.0.1:1")) == 1
     assert "needs --url" in capsys.readouterr().err
 
 
@@ -168,7 +170,7 @@ def test_bench_measures_batched_and_baseline(tmp_path, capsys):
         "--mix", "image=1", "--mix", "audio=1,text=1",
         "--startup-timeout", "120", "--json", str(out),
     )  # fmt: skip
-    status = bench.run_bench(args)
+    status = run_bench(args)
     printed = capsys.readouterr()
     assert status == 0, printed.err
     report = json.loads(out.read_text())
@@ -185,7 +187,7 @@ def test_bench_measures_batched_and_baseline(tmp_path, capsys):
     assert printed.out.startswith("machine: ")
     # both servers were stopped: nothing answers on their ports any more
     for server in report["servers"].values():
-        assert bench.probe(server["url"] + "/.well-known/live", {}) is None
+        assert http_status(server["url"] + "/.well-known/live") is None
 
 
 def test_bench_reports_a_server_that_cannot_start(tmp_path, capsys):
@@ -193,7 +195,7 @@ def test_bench_reports_a_server_that_cannot_start(tmp_path, capsys):
     args = parse(
         "--model", str(missing), "--random-weights", "--requests", "1", "--startup-timeout", "120"
     )
-    assert bench.run_bench(args) == 1
+    assert run_bench(args) == 1
     err = capsys.readouterr().err
     assert "the batched server exited with status" in err
     assert "no-such-model" in err  # the server's own error, from its output

@@ -15,7 +15,7 @@ from .fixture_data import FIXTURE, INPUTS
 CONFIG = FIXTURE / "config.json"
 WEIGHTS = FIXTURE / "state_dict.pt"
 # Video is decoded by a different build of FFmpeg than the reference's, so a
-# frame may round differently: a looser bound, as the issue allows.
+# frame may round differently: a looser bound for video.
 MIN_COSINE = {"video": 0.999}
 
 
@@ -32,9 +32,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def embed(tmp_path: Path, modality: str, inputs: list[str], *extra: str) -> np.ndarray:
     out = tmp_path / f"{modality}.npy"
     result = run_cli(
-        "embed", "--modality", modality, "--model", str(CONFIG), "--checkpoint", str(WEIGHTS),
-        "--output", str(out), *extra, *inputs,
-    )  # fmt: skip
+        "embed",
+        "--modality",
+        modality,
+        "--model",
+        str(CONFIG),
+        "--checkpoint",
+        str(WEIGHTS),
+        "--output",
+        str(out),
+        *extra,
+        *inputs,
+    )
     assert result.returncode == 0, result.stderr
     return np.load(out)
 
@@ -63,10 +72,15 @@ def test_embed_matches_reference_from_raw_files(tmp_path, manifest, expected, te
 def test_model_and_checkpoint_come_from_environment(tmp_path, expected):
     out = tmp_path / "img.npy"
     result = run_cli(
-        "embed", "--modality", "vision", "--raw-scale", "--output", str(out),
+        "embed",
+        "--modality",
+        "vision",
+        "--raw-scale",
+        "--output",
+        str(out),
         str(INPUTS / "image_rgb.jpg"),
         env={"IB_MODEL": str(CONFIG), "IB_CHECKPOINT": str(WEIGHTS)},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     np.testing.assert_allclose(np.load(out)[0], expected["vision"][0], atol=1e-4)
 
@@ -76,9 +90,18 @@ def test_undecodable_input_exits_2_naming_the_file_and_writes_nothing(tmp_path):
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
     out = tmp_path / "out.npy"
     result = run_cli(
-        "embed", "--modality", "audio", "--model", str(CONFIG), "--checkpoint", str(WEIGHTS),
-        "--output", str(out), str(INPUTS / "tone_16k_mono.wav"), str(bad),
-    )  # fmt: skip
+        "embed",
+        "--modality",
+        "audio",
+        "--model",
+        str(CONFIG),
+        "--checkpoint",
+        str(WEIGHTS),
+        "--output",
+        str(out),
+        str(INPUTS / "tone_16k_mono.wav"),
+        str(bad),
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -89,19 +112,33 @@ def test_undecodable_input_exits_2_naming_the_file_and_writes_nothing(tmp_path):
 def test_missing_input_file_exits_2(tmp_path):
     missing = tmp_path / "nope.png"
     result = run_cli(
-        "embed", "--modality", "vision", "--model", str(CONFIG), "--checkpoint", str(WEIGHTS),
-        "--output", str(tmp_path / "o.npy"), str(missing),
-    )  # fmt: skip
+        "embed",
+        "--modality",
+        "vision",
+        "--model",
+        str(CONFIG),
+        "--checkpoint",
+        str(WEIGHTS),
+        "--output",
+        str(tmp_path / "o.npy"),
+        str(missing),
+    )
     assert result.returncode == 2
     assert str(missing) in result.stderr and "cannot read file" in result.stderr
 
 
 def test_missing_checkpoint_says_what_to_run(tmp_path):
     result = run_cli(
-        "embed", "--modality", "text", "--model", str(CONFIG), "--output", str(tmp_path / "o.npy"),
+        "embed",
+        "--modality",
+        "text",
+        "--model",
+        str(CONFIG),
+        "--output",
+        str(tmp_path / "o.npy"),
         "hello",
         env={"IB_CHECKPOINT": str(tmp_path / "absent.pth")},
-    )  # fmt: skip
+    )
     assert result.returncode == 1
     assert "ib-vectorizer download" in result.stderr
     assert str(tmp_path / "absent.pth") in result.stderr

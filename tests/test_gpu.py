@@ -19,8 +19,9 @@ pytestmark = [
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_on_cuda_matches_float32(preprocessed, expected, dtype):
-    model = create_model(FIXTURE / "config.json", checkpoint=FIXTURE / "state_dict.pt",
-                         device="cuda", dtype=dtype)  # fmt: skip
+    model = create_model(
+        FIXTURE / "config.json", checkpoint=FIXTURE / "state_dict.pt", device="cuda", dtype=dtype
+    )
     embedder = Embedder(model)
     for modality in ["vision", "text", "audio", "depth", "thermal", "imu", "video"]:
         out = embedder.embed_tensors(modality, torch.from_numpy(preprocessed[modality])).numpy()

@@ -35,11 +35,18 @@ DIRECTORY_FILES = {  # relative path → fixture file
     "imu/walk.csv": "imu_2000.csv",
     "misc/run.csv": "imu_1500.csv",  # .csv → imu
 }
-MODALITY_OF_FOLDER = {"image": Modality.VISION, "photos": Modality.VISION,
-                      "audio": Modality.AUDIO, "sounds": Modality.AUDIO,
-                      "video": Modality.VIDEO, "depth": Modality.DEPTH,
-                      "thermal": Modality.THERMAL, "imu": Modality.IMU, "misc": Modality.IMU,
-                      "text": Modality.TEXT}  # fmt: skip
+MODALITY_OF_FOLDER = {
+    "image": Modality.VISION,
+    "photos": Modality.VISION,
+    "audio": Modality.AUDIO,
+    "sounds": Modality.AUDIO,
+    "video": Modality.VIDEO,
+    "depth": Modality.DEPTH,
+    "thermal": Modality.THERMAL,
+    "imu": Modality.IMU,
+    "misc": Modality.IMU,
+    "text": Modality.TEXT,
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +62,31 @@ def dataset(tmp_path_factory):
 
 def run_ingest(stack, *args: str) -> int:
     e = stack.endpoints
-    return ingest(["--weaviate-url", e.weaviate_http, "--grpc-port", str(e.weaviate_grpc_port),
-                   "--model", TINY_ENV["IB_MODEL"], "--checkpoint", TINY_ENV["IB_CHECKPOINT"],
-                   "--vectorizer-url", e.vectorizer, *args])  # fmt: skip
+    return ingest(
+        [
+            "--weaviate-url",
+            e.weaviate_http,
+            "--grpc-port",
+            str(e.weaviate_grpc_port),
+            "--model",
+            TINY_ENV["IB_MODEL"],
+            "--checkpoint",
+            TINY_ENV["IB_CHECKPOINT"],
+            "--vectorizer-url",
+            e.vectorizer,
+            *args,
+        ]
+    )
 
 
 def server_vector(stack, modality: Modality, content: bytes | str) -> np.ndarray:
     key, answer_key = WIRE_NAME[modality], RESPONSE_KEYS[modality]
     item = content if modality is Modality.TEXT else base64.b64encode(content).decode()
     request = urllib.request.Request(
-        stack.endpoints.vectorizer + "/vectorize", data=json.dumps({key: [item]}).encode(),
+        stack.endpoints.vectorizer + "/vectorize",
+        data=json.dumps({key: [item]}).encode(),
         headers={"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return np.array(json.loads(response.read())[answer_key][0])
 
@@ -91,8 +111,12 @@ def read_failures(path) -> list[dict]:
 
 def test_directory_of_all_modalities(stack, client, dataset, tmp_path):
     failures = tmp_path / "failures.jsonl"
-    assert run_ingest(stack, "--input", str(dataset), "--collection", "Dir",
-                      "--dead-letter", str(failures)) == 0  # fmt: skip
+    assert (
+        run_ingest(
+            stack, "--input", str(dataset), "--collection", "Dir", "--dead-letter", str(failures)
+        )
+        == 0
+    )
     assert read_failures(failures) == []
     expected_ids = [*DIRECTORY_FILES, "text/note.txt"]
     assert count(client, "Dir") == len(expected_ids)
@@ -105,26 +129,47 @@ def test_directory_of_all_modalities(stack, client, dataset, tmp_path):
         assert cosine(stored(collection, source_id), ours) >= 0.9999, source_id
     photo = collection.query.near_media(
         media=base64.b64encode((dataset / "photos/logo.png").read_bytes()).decode(),
-        media_type=NearMediaType.IMAGE, limit=1, return_metadata=MetadataQuery(distance=True),
-    )  # fmt: skip
+        media_type=NearMediaType.IMAGE,
+        limit=1,
+        return_metadata=MetadataQuery(distance=True),
+    )
     assert photo.objects[0].properties["source_id"] == "photos/logo.png"
     assert photo.objects[0].metadata.distance < 1e-4
 
     # The same job again: replaced, not duplicated.
-    assert run_ingest(stack, "--input", str(dataset), "--collection", "Dir",
-                      "--dead-letter", str(failures)) == 0  # fmt: skip
+    assert (
+        run_ingest(
+            stack, "--input", str(dataset), "--collection", "Dir", "--dead-letter", str(failures)
+        )
+        == 0
+    )
     assert count(client, "Dir") == len(expected_ids)
 
 
 def manifest_rows(dataset) -> list[dict]:
     return [
-        {"id": "row-1", "image": "image/cat.jpg", "text_caption": "a cat", "year": 2021,
-         "audio": "audio/tone.wav"},
-        {"id": "row-2", "image": "photos/logo.png", "text_caption": "a logo", "year": 2022,
-         "audio": "sounds/chirp.wav"},
-        {"id": "row-3", "image": "image/cat.jpg", "text_caption": "only text and image",
-         "year": 2023, "audio": None},
-    ]  # fmt: skip
+        {
+            "id": "row-1",
+            "image": "image/cat.jpg",
+            "text_caption": "a cat",
+            "year": 2021,
+            "audio": "audio/tone.wav",
+        },
+        {
+            "id": "row-2",
+            "image": "photos/logo.png",
+            "text_caption": "a logo",
+            "year": 2022,
+            "audio": "sounds/chirp.wav",
+        },
+        {
+            "id": "row-3",
+            "image": "image/cat.jpg",
+            "text_caption": "only text and image",
+            "year": 2023,
+            "audio": None,
+        },
+    ]
 
 
 def write_manifest(kind: str, dataset, rows: list[dict]):
@@ -141,8 +186,11 @@ def write_manifest(kind: str, dataset, rows: list[dict]):
     return path
 
 
-FIELDS = [MediaField("audio", Modality.AUDIO), MediaField("image", Modality.VISION),
-          MediaField("text_caption", Modality.TEXT)]  # fmt: skip
+FIELDS = [
+    MediaField("audio", Modality.AUDIO),
+    MediaField("image", Modality.VISION),
+    MediaField("text_caption", Modality.TEXT),
+]
 
 
 @pytest.mark.parametrize("kind", ["parquet", "csv", "jsonl"])
@@ -151,18 +199,24 @@ def test_manifests_with_several_fields_per_object(stack, client, dataset, tmp_pa
     manifest = write_manifest(kind, dataset, rows)
     name = f"Manifest{kind.capitalize()}"
     failures = tmp_path / "failures.jsonl"
-    assert run_ingest(stack, "--input", str(manifest), "--collection", name,
-                      "--dead-letter", str(failures)) == 0  # fmt: skip
+    assert (
+        run_ingest(
+            stack, "--input", str(manifest), "--collection", name, "--dead-letter", str(failures)
+        )
+        == 0
+    )
     assert read_failures(failures) == []
     assert count(client, name) == len(rows)
     collection = client.collections.get(name)
     for row in rows:
-        vectors = {"text_caption": server_vector(stack, Modality.TEXT, row["text_caption"]),
-                   "image": server_vector(stack, Modality.VISION,
-                                          (dataset / row["image"]).read_bytes())}  # fmt: skip
+        vectors = {
+            "text_caption": server_vector(stack, Modality.TEXT, row["text_caption"]),
+            "image": server_vector(stack, Modality.VISION, (dataset / row["image"]).read_bytes()),
+        }
         if row["audio"]:
-            vectors["audio"] = server_vector(stack, Modality.AUDIO,
-                                             (dataset / row["audio"]).read_bytes())  # fmt: skip
+            vectors["audio"] = server_vector(
+                stack, Modality.AUDIO, (dataset / row["audio"]).read_bytes()
+            )
         expected = combine_like_weaviate(vectors, FIELDS)
         assert cosine(stored(collection, row["id"]), expected) >= 0.9999, row["id"]
         props = collection.query.fetch_object_by_id(generate_uuid5(row["id"])).properties
@@ -179,8 +233,18 @@ def test_corrupt_file_is_dead_lettered_and_the_rest_written(
     (broken / "odd.xyz").write_bytes(b"?")
     failures = tmp_path / "failures.parquet"
     with caplog.at_level(logging.INFO, logger="ib_ingest"):
-        assert run_ingest(stack, "--input", str(broken), "--collection", "Broken",
-                          "--dead-letter", str(failures)) == 0  # fmt: skip
+        assert (
+            run_ingest(
+                stack,
+                "--input",
+                str(broken),
+                "--collection",
+                "Broken",
+                "--dead-letter",
+                str(failures),
+            )
+            == 0
+        )
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("done in"))
     written = len(DIRECTORY_FILES) + 1
     assert f"read {written + 1}, embedded {written}, written {written}, failed 2" in summary
@@ -240,10 +304,20 @@ def test_ingest_benchmark_command_runs_both_paths(tmp_path):
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.ingest.bench", "--objects", "6",
-         "--data-dir", str(tmp_path / "stack")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, **TINY_ENV},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pipelines.ingest.bench",
+            "--objects",
+            "6",
+            "--data-dir",
+            str(tmp_path / "stack"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **TINY_ENV},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("machine: ") and "6 image objects" in lines[0]
@@ -253,8 +327,19 @@ def test_ingest_benchmark_command_runs_both_paths(tmp_path):
 
 def test_store_uri_keeps_the_source_uri_instead_of_the_bytes(stack, client, dataset, tmp_path):
     manifest = write_manifest("jsonl", dataset, manifest_rows(dataset))
-    assert run_ingest(stack, "--input", str(manifest), "--collection", "ByUri", "--store-uri",
-                      "--dead-letter", str(tmp_path / "f.jsonl")) == 0  # fmt: skip
+    assert (
+        run_ingest(
+            stack,
+            "--input",
+            str(manifest),
+            "--collection",
+            "ByUri",
+            "--store-uri",
+            "--dead-letter",
+            str(tmp_path / "f.jsonl"),
+        )
+        == 0
+    )
     collection = client.collections.get("ByUri")
     props = collection.query.fetch_object_by_id(generate_uuid5("row-1")).properties
     assert props["image_uri"] == str(dataset / "image/cat.jpg")
@@ -279,8 +364,12 @@ def test_an_object_weaviate_rejects_is_dead_lettered_at_write(stack, client, dat
     rows[1]["year"] = "not a year"  # Weaviate refuses text in an INT property
     manifest = write_manifest("jsonl", dataset, rows)
     failures = tmp_path / "failures.jsonl"
-    assert run_ingest(stack, "--input", str(manifest), "--collection", "Typed",
-                      "--dead-letter", str(failures)) == 0  # fmt: skip
+    assert (
+        run_ingest(
+            stack, "--input", str(manifest), "--collection", "Typed", "--dead-letter", str(failures)
+        )
+        == 0
+    )
     dead = read_failures(failures)
     assert [(d["id"], d["stage"]) for d in dead] == [("row-2", "write")]
     assert "year" in dead[0]["error"]

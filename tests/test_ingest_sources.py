@@ -1,14 +1,14 @@
-"""``pipelines.ingest.sources``: directories and manifests into SourceObjects and Failures.
+"""``pipelines.ingest.sources``: ``ReadObjects`` reading directories and manifests with Beam.
 
-The ``ReadObjects`` tests run real Beam pipelines on the default runner and
-collect what comes out through files, so they hold on any runner.
+These tests run real Beam pipelines on the default runner and collect what
+comes out through files, so they hold on any runner. How one file or row
+becomes an object, without Beam, is tested in ``test_ingest_inputs``.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
-import decimal
 import gzip
 import json
 import pickle
@@ -16,35 +16,16 @@ import uuid
 from pathlib import Path
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from ib_vectorizer.modalities import Modality
+from pipelines.ingest.inputs import InputSpec, metadata_columns, parse_modality_columns, plan_fields
 from pipelines.ingest.objects import Failure, FieldValue, SourceObject
-from pipelines.ingest.sources import (
-    FIELD_OF,
-    InputSpec,
-    ReadObjects,
-    file_to_object,
-    metadata_columns,
-    modality_of_column,
-    parse_modality_columns,
-    plan_fields,
-    row_to_object,
-)
+from pipelines.ingest.sources import ReadObjects
 
-ALL_FIELDS = {
-    "image": Modality.VISION,
-    "audio": Modality.AUDIO,
-    "video": Modality.VIDEO,
-    "depth": Modality.DEPTH,
-    "thermal": Modality.THERMAL,
-    "imu": Modality.IMU,
-    "text": Modality.TEXT,
-}
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "  # inline bytes: any bytes will do
 
 
@@ -132,31 +113,10 @@ def test_directory_tree(tmp_path):
             str(root / "odd/thing.xyz"),
             "read",
             "cannot tell the modality of 'odd/thing.xyz' from its folder or extension; put it "
-            "under image/, audio/, video/, depth/, thermal/, imu/, text/ or use a manifest",
+            "under image/, text/, audio/, video/, depth/, thermal/, imu/ or use a manifest",
         )
     ]
     assert counters(result) == {"read": 7, "read_failed": 1}
-
-
-def test_directory_plan_is_every_modality_without_listing(tmp_path):
-    spec = InputSpec(str(tmp_path) + "/")
-    assert plan_fields(spec) == ALL_FIELDS
-    assert list(plan_fields(spec)) == ["image", "audio", "video", "depth", "thermal", "imu", "text"]
-    assert metadata_columns(spec) == []
-    assert plan_fields(InputSpec("gs://bucket/dataset")) == ALL_FIELDS  # nothing is listed
-
-
-def test_file_to_object_on_object_stores():
-    obj = file_to_object("gs://bucket/set/depth/scene/1.png", "gs://bucket/set")
-    assert obj == SourceObject(
-        "depth/scene/1.png",
-        "gs://bucket/set/depth/scene/1.png",
-        {"depth": FieldValue(Modality.DEPTH, uri="gs://bucket/set/depth/scene/1.png")},
-    )
-    assert file_to_object("gs://bucket/set/sub/", "gs://bucket/set/") is None  # folder marker
-    assert file_to_object("gs://bucket/set/a/.cache/x.jpg", "gs://bucket/set") is None
-    with pytest.raises(ValueError, match="cannot tell the modality of 'README'"):
-        file_to_object("gs://bucket/set/README", "gs://bucket/set")
 
 
 # -- manifests ----------------------------------------------------------------------------------
@@ -387,176 +347,6 @@ def test_csv_and_jsonl_manifests_give_the_same_objects(tmp_path):
     assert counters(result) == {"read": 2 + 2 + 2, "read_failed": 3 + 4 + 4}
 
 
-# -- rows, one at a time ------------------------------------------------------------------------
-
-
-def test_row_to_object_values():
-    spec = InputSpec("m.jsonl", modality_columns={"clip": "audio", "scan": Modality.DEPTH})
-    row = {
-        "id": 12.0,  # pandas makes int ids with gaps floats
-        "image": "./a/../b.jpg",
-        "image_s3": "s3://bucket/c.jpg",
-        "video": "data:video/mp4,%00%01",
-        "clip": bytearray(b"\x01\x02"),
-        "scan": "base64:" + base64.b64encode(b"\x03").decode(),
-        "text": b"caf\xc3\xa9",
-        "thermal": "   ",
-        "imu_left": None,
-        "count": np.int64(3),
-        "ratio": np.float32(0.25),
-        "flag": np.bool_(True),
-        "seen": datetime.datetime(2024, 5, 6, 7, 8, 9),
-        "price": decimal.Decimal("1.25"),
-        "nan": float("inf"),
-        "blob": b"\xff",
-        "tags": np.array(["a", "b"]),
-        "nested": {"k": [np.int32(1), None]},
-    }
-    obj = row_to_object(row, spec, "/base", "m.jsonl:line 1")
-    assert obj.source_id == "12" and obj.source == "m.jsonl:line 1"
-    assert obj.fields == {
-        "image": FieldValue(Modality.VISION, uri="/base/b.jpg"),
-        "image_s3": FieldValue(Modality.VISION, uri="s3://bucket/c.jpg"),
-        "video": FieldValue(Modality.VIDEO, data=b"\x00\x01"),
-        "clip": FieldValue(Modality.AUDIO, data=b"\x01\x02"),
-        "scan": FieldValue(Modality.DEPTH, data=b"\x03"),
-        "text": FieldValue(Modality.TEXT, text="café"),
-    }
-    assert obj.properties == {
-        "count": 3,
-        "ratio": 0.25,
-        "flag": True,
-        "seen": "2024-05-06T07:08:09",
-        "price": 1.25,
-        "nan": None,
-        "blob": "/w==",
-        "tags": ["a", "b"],
-        "nested": {"k": [1, None]},
-    }
-    assert json.loads(json.dumps(obj.properties, allow_nan=False)) == obj.properties
-    assert type(obj.properties["count"]) is int and type(obj.properties["flag"]) is bool
-
-    remote = row_to_object({"id": "x", "audio": "a.wav"}, spec, "gs://b/set", "label")
-    assert remote.fields["audio"].uri == "gs://b/set/a.wav"
-
-
-@pytest.mark.parametrize(
-    ("row", "message"),
-    [
-        ({"image": "a.jpg"}, "no 'id' value"),
-        ({"id": "  ", "image": "a.jpg"}, "no 'id' value"),
-        ({"id": "a", "label": "x"}, "no media or text column"),
-        ({"id": "a", "image": None, "text": ""}, r"no media or text \(empty: image, text\)"),
-        ({"id": "a", "image": "base64:%%%"}, "column 'image': bad base64"),
-        (
-            {"id": "a", "image": 5},
-            "column 'image' holds a value of type int, not a path, URI or bytes",
-        ),
-        ({"id": "a", "text": b"\xff"}, "column 'text': text is not UTF-8"),
-        ({"id": "a", "audio": "data:audio/wav;base64"}, "a data URI needs a ','"),
-    ],
-)
-def test_row_to_object_rejects(row, message):
-    with pytest.raises(ValueError, match=message):
-        row_to_object(row, InputSpec("m.csv"), "/base", "m.csv:line 2")
-
-
-# -- columns and specs --------------------------------------------------------------------------
-
-
-def test_modality_of_column():
-    assert modality_of_column("image") is Modality.VISION
-    assert modality_of_column("image_front") is Modality.VISION
-    assert modality_of_column("text_caption") is Modality.TEXT
-    assert modality_of_column("imu_wrist", {}) is Modality.IMU
-    assert modality_of_column("imagery") is None
-    assert modality_of_column("vision") is None  # "vision" names a modality only in overrides
-    assert modality_of_column("_image") is None
-    assert modality_of_column("photo", {"photo": Modality.VISION}) is Modality.VISION
-    assert modality_of_column("image_raw", {"image_raw": Modality.DEPTH}) is Modality.DEPTH
-    assert FIELD_OF[Modality.VISION] == "image" and set(FIELD_OF.values()) == set(ALL_FIELDS)
-
-
-def test_parse_modality_columns():
-    assert parse_modality_columns("") == {}
-    assert parse_modality_columns("image=photo,audio=clip") == {
-        "photo": Modality.VISION,
-        "clip": Modality.AUDIO,
-    }
-    assert parse_modality_columns(" vision = pic , Text=caption, image=pic,") == {
-        "pic": Modality.VISION,
-        "caption": Modality.TEXT,
-    }
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("image", "MODALITY=COLUMN pairs"),
-        ("image=", "MODALITY=COLUMN pairs"),
-        ("=photo", "MODALITY=COLUMN pairs"),
-        ("picture=photo", "unknown modality 'picture'.*image, audio, video"),
-        ("image=x,audio=x", "column 'x' two modalities: image and audio"),
-    ],
-)
-def test_parse_modality_columns_rejects(text, message):
-    with pytest.raises(ValueError, match=message):
-        parse_modality_columns(text)
-
-
-def test_input_spec_kind(tmp_path):
-    kinds = {
-        "m.parquet": "parquet",
-        "m.PQ": "parquet",
-        "m.csv": "csv",
-        "m.csv.gz": "csv",
-        "m.jsonl": "jsonl",
-        "m.ndjson.bz2": "jsonl",
-        "gs://bucket/m.parquet": "parquet",
-        "gs://bucket/set": "directory",
-        "s3://bucket/set/": "directory",
-        str(tmp_path): "directory",
-    }
-    for path, kind in kinds.items():
-        assert InputSpec(path).kind == kind, path
-    for path in ("m.xlsx", "m.parquet.gz", str(tmp_path / "missing")):
-        with pytest.raises(ValueError, match=r"\.parquet/\.pq, \.csv or \.jsonl"):
-            InputSpec(path).kind  # noqa: B018
-    with pytest.raises(ValueError, match="unknown modality 'sound'"):
-        InputSpec("m.csv", modality_columns={"clip": "sound"})
-    assert InputSpec("m.csv", modality_columns={"clip": "audio"}).modality_columns == {
-        "clip": Modality.AUDIO
-    }
+def test_unreadable_input_fails_at_construction():
     with pytest.raises(ValueError, match="neither a directory nor a manifest"):
         ReadObjects(InputSpec("m.xlsx"))
-
-
-def test_plan_reads_headers_only(tmp_path):
-    csv_path = tmp_path / "h.csv"
-    csv_path.write_text("\ufeffkey, photo ,text_title,year\n")  # BOM and spaces
-    spec = InputSpec(str(csv_path), "key", {"photo": Modality.VISION})
-    assert plan_fields(spec) == {"photo": Modality.VISION, "text_title": Modality.TEXT}
-    assert metadata_columns(spec) == ["year"]
-
-    jsonl_path = tmp_path / "h.jsonl"
-    jsonl_path.write_text(
-        '{"id": 1, "audio": "a.wav"}\nbad\n{"id": 2, "depth_z": "d.png", "k": 1}\n'
-    )
-    assert plan_fields(InputSpec(str(jsonl_path))) == {
-        "audio": Modality.AUDIO,
-        "depth_z": Modality.DEPTH,
-    }
-    assert metadata_columns(InputSpec(str(jsonl_path))) == ["k"]
-
-    with pytest.raises(ValueError, match=r"has no 'key' column.*--id-column"):
-        plan_fields(InputSpec(str(jsonl_path), "key"))
-    with pytest.raises(ValueError, match=r"names column.*photo.*lacks"):
-        plan_fields(InputSpec(str(jsonl_path), modality_columns={"photo": Modality.VISION}))
-    with pytest.raises(ValueError, match="cannot be both the id and a media column"):
-        plan_fields(InputSpec(str(jsonl_path), modality_columns={"id": Modality.VISION}))
-    no_media = tmp_path / "n.csv"
-    no_media.write_text("id,name\n1,x\n")
-    with pytest.raises(ValueError, match=r"no media or text column.*--modality-columns"):
-        metadata_columns(InputSpec(str(no_media)))
-    with pytest.raises(ValueError, match="no manifest matches"):
-        plan_fields(InputSpec(str(tmp_path / "missing.parquet")))

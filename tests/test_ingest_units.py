@@ -6,9 +6,10 @@ import numpy as np
 from weaviate.util import generate_uuid5
 
 from ib_vectorizer.modalities import Modality
+from ib_vectorizer.options import ModelOptions
 from pipelines.ingest.decode import ReadyObject
+from pipelines.ingest.inputs import InputSpec
 from pipelines.ingest.pipeline import IngestConfig, _batch_failures, to_weaviate_object
-from pipelines.ingest.sources import InputSpec
 from pipelines.schema import MediaField
 
 FIELDS = (MediaField("image", Modality.VISION), MediaField("text", Modality.TEXT))
@@ -16,19 +17,29 @@ FIELDS = (MediaField("image", Modality.VISION), MediaField("text", Modality.TEXT
 
 def config(store_uri: bool = False) -> IngestConfig:
     return IngestConfig(
-        spec=InputSpec("x.jsonl"), collection="C", embed="local", fields=FIELDS,
-        model="m", checkpoint=None, vectorizer_url=None, batch_size=8, max_batch_views=8,
-        store_uri=store_uri, device=None, share_model=False,
-    )  # fmt: skip
+        spec=InputSpec("x.jsonl"),
+        collection="C",
+        embed="local",
+        fields=FIELDS,
+        model=ModelOptions(model="m"),
+        vectorizer_url=None,
+        batch_size=8,
+        max_batch_views=8,
+        store_uri=store_uri,
+        share_model=False,
+    )
 
 
 def ready(**media) -> ReadyObject:
     modalities = {"image": Modality.VISION, "text": Modality.TEXT, "image_back": Modality.VISION}
     return ReadyObject(
-        source_id="id-1", source="m.jsonl:line 3", properties={"year": 2020},
-        media=media, modalities={k: modalities[k] for k in media},
+        source_id="id-1",
+        source="m.jsonl:line 3",
+        properties={"year": 2020},
+        media=media,
+        modalities={k: modalities[k] for k in media},
         uris={"image": "gs://b/i.jpg"} if "image" in media else {},
-    )  # fmt: skip
+    )
 
 
 def test_embed_failures_carry_the_exception_text_not_a_tuple():
@@ -40,8 +51,9 @@ def test_embed_failures_carry_the_exception_text_not_a_tuple():
 
 
 def test_object_properties_vector_and_id():
-    obj = to_weaviate_object(ready(image=b"\x01\x02", text="hi"),
-                             {"image": np.ones(2), "text": np.zeros(2)}, config())  # fmt: skip
+    obj = to_weaviate_object(
+        ready(image=b"\x01\x02", text="hi"), {"image": np.ones(2), "text": np.zeros(2)}, config()
+    )
     assert obj.properties == {"year": 2020, "source_id": "id-1", "image": "AQI=", "text": "hi"}
     np.testing.assert_allclose(obj.vector, [0.5, 0.5])
     assert obj.uuid == str(generate_uuid5("id-1"))  # the same id → the same object

@@ -54,9 +54,15 @@ def by_hand(image: Image.Image, channels: int = 3) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("size", "fmt"),
-    [((640, 480), "JPEG"), ((300, 517), "PNG"), ((100, 90), "WEBP"), ((224, 224), "BMP"),
-     ((1001, 224), "PNG"), ((37, 300), "BMP")],
-)  # fmt: skip
+    [
+        ((640, 480), "JPEG"),
+        ((300, 517), "PNG"),
+        ((100, 90), "WEBP"),
+        ((224, 224), "BMP"),
+        ((1001, 224), "PNG"),
+        ((37, 300), "BMP"),
+    ],
+)
 def test_image_rule_on_new_sizes_and_formats(size, fmt):
     image = gradient(*size)
     data = encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {}))

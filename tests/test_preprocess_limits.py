@@ -36,6 +36,14 @@ def test_long_text_is_cut_where_it_cannot_change_the_77_tokens():
     assert torch.equal(load_text(spaced), load_text("a dog"))
 
 
+def test_a_longer_context_keeps_proportionally_more_text():
+    normal = "a photo of a dog running on the beach at sunset " * 200  # ~2200 tokens
+    assert text.max_text_chars(512) > len(normal) > text.MAX_TEXT_CHARS
+    ids = load_text(normal, context_length=512)
+    uncut = text.clip_tokenizer()([normal.strip()], context_length=512)[0]
+    assert torch.equal(ids, uncut) and ids[-1] == 49407 and (ids != 0).all()
+
+
 def test_tokenizer_cache_stays_bounded(monkeypatch):
     monkeypatch.setattr(text, "MAX_CACHED_WORDS", 50)
     for i in range(30):

@@ -48,12 +48,12 @@ def to_pixels(view: torch.Tensor) -> torch.Tensor:
     return (view * STD + MEAN) * 255
 
 
-def clip_frame_indices(video: torch.Tensor) -> list[tuple[int, int]]:
-    """(first, last) frame index of each clip, read back from the frames' colours."""
+def clip_frame_indices(video: torch.Tensor) -> list[tuple[int, ...]]:
+    """The frame indices of each clip (first and last of two), read back from the colours."""
     result = []
     for clip in range(5):
         pair = []
-        for t in range(2):
+        for t in range(video.shape[2]):
             for crop in range(3):  # every crop of a uniform frame shows the same colour
                 rgb = to_pixels(video[3 * clip + crop, :, t]).mean(dim=(1, 2)).numpy()
                 if crop == 0:
@@ -64,8 +64,8 @@ def clip_frame_indices(video: torch.Tensor) -> list[tuple[int, int]]:
     return result
 
 
-def frames_by_rule(data: bytes) -> list[tuple[int, int]]:
-    """The same (first, last) indices computed independently, straight from the rule."""
+def frames_by_rule(data: bytes, count: int = 2) -> list[tuple[int, ...]]:
+    """The same indices computed independently, straight from the rule: ``count`` per clip."""
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         pts = [frame.pts for frame in container.decode(stream)]
@@ -81,7 +81,8 @@ def frames_by_rule(data: bytes) -> list[tuple[int, int]]:
         low = math.ceil(begin / time_base) + start
         high = math.ceil((begin + 2) / time_base) + start
         inside = [k for k, p in sorted(enumerate(pts), key=lambda kp: kp[1]) if low <= p < high]
-        result.append((inside[0], inside[-1]))
+        picks = torch.linspace(0, len(inside) - 1, count).long()
+        result.append(tuple(inside[i] for i in picks))
     return result
 
 
@@ -136,6 +137,16 @@ def test_frames_follow_the_pts_rule_with_uneven_starts(kind):
     expected = frames_by_rule(data)
     assert expected[1] == (11, 30)  # [1.06 s, 3.06 s) -> frames 1.1 s .. 3.0 s
     assert clip_frame_indices(load_video(data)) == expected
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm"])
+@pytest.mark.parametrize("count", [1, 3, 4, 6])
+def test_other_frame_counts_are_taken_at_linspace(kind, count):
+    # T = 20 or 21 frames per clip: the picks fall between the first and the last.
+    data = encode_video(indexed_frames(73, 64, 48), fps=10, kind=kind)
+    video = load_video(data, size=48, frames_per_clip=count)
+    assert video.shape == (15, 3, count, 48, 48)
+    assert clip_frame_indices(video) == frames_by_rule(data, count)
 
 
 def test_clip_windows_use_ceil_and_start_time():

@@ -17,8 +17,15 @@ import pytest
 from .fixture_data import FIXTURE, INPUTS
 from .server_process import ServerProcess, http_status
 
-RESPONSE_KEYS = ["textVectors", "imageVectors", "audioVectors", "videoVectors", "imuVectors",
-                 "thermalVectors", "depthVectors"]  # fmt: skip
+RESPONSE_KEYS = [
+    "textVectors",
+    "imageVectors",
+    "audioVectors",
+    "videoVectors",
+    "imuVectors",
+    "thermalVectors",
+    "depthVectors",
+]
 # request key → (fixture manifest modality, response key)
 WIRE = {
     "texts": ("text", "textVectors"),
@@ -39,9 +46,11 @@ def post(url: str, body: bytes | dict, headers: dict | None = None, timeout: flo
     """(status, parsed JSON body, headers) of a POST /vectorize."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(
-        url + "/vectorize", data=data, method="POST",
+        url + "/vectorize",
+        data=data,
+        method="POST",
         headers={"Content-Type": "application/json", **(headers or {})},
-    )  # fmt: skip
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read()), dict(response.headers)
@@ -98,13 +107,28 @@ def test_vectors_equal_ib_vectorizer_embed(server, tmp_path, wire_items):
     out = tmp_path / "audio.npy"
     files = [str(INPUTS / name) for name in ["tone_16k_mono.wav", "chirp_44k_stereo.wav"]]
     subprocess.run(
-        [sys.executable, "-m", "ib_vectorizer", "embed", "--modality", "audio",
-         "--model", str(FIXTURE / "config.json"), "--checkpoint", str(FIXTURE / "state_dict.pt"),
-         "--output", str(out), *files],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    body = post(server.url, {"audio": [b64(INPUTS / "tone_16k_mono.wav"),
-                                       b64(INPUTS / "chirp_44k_stereo.wav")]})[1]  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ib_vectorizer",
+            "embed",
+            "--modality",
+            "audio",
+            "--model",
+            str(FIXTURE / "config.json"),
+            "--checkpoint",
+            str(FIXTURE / "state_dict.pt"),
+            "--output",
+            str(out),
+            *files,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    body = post(
+        server.url,
+        {"audio": [b64(INPUTS / "tone_16k_mono.wav"), b64(INPUTS / "chirp_44k_stereo.wav")]},
+    )[1]
     np.testing.assert_allclose(body["audioVectors"], np.load(out), atol=1e-5)
 
 
@@ -162,12 +186,14 @@ def test_a_bad_item_fails_only_its_own_request(server, wire_items):
         ({"images": ["***not base64***"]}, "images[0]: not valid base64"),
         ({"audio": [base64.b64encode(b"RIFF....WAVEjunk").decode()]}, "audio[0]: "),
         ({"video": ["", base64.b64encode(b"\x00" * 64).decode()]}, "video[0]: video file is empty"),
-        ({"imu": [base64.b64encode(b"a,b,c,d,e\n1,2,3,4,5\n").decode()]},
-         "imu[0]: IMU CSV data row 1 has 5 columns"),
+        (
+            {"imu": [base64.b64encode(b"a,b,c,d,e\n1,2,3,4,5\n").decode()]},
+            "imu[0]: IMU CSV data row 1 has 5 columns",
+        ),
         ({"depth": [base64.b64encode(b"GIF89a").decode()]}, "depth[0]: not a decodable"),
         ({"thermal": [base64.b64encode(b"").decode()]}, "thermal[0]: thermal image file is empty"),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_are_400_with_a_json_error(server, payload, message):
     status, body, _ = post(server.url, payload)
     assert status == 400
@@ -196,9 +222,14 @@ def test_well_known_meta_and_metrics(server, wire_items):
     post(server.url, {"audio": wire_items["audio"][:1]})
     with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
         text = response.read().decode()
-    for name in ["ib_queue_depth{modality=\"audio\"}", "ib_batch_views_bucket",
-                 "ib_queue_wait_seconds_bucket", "ib_compute_seconds_bucket",
-                 "ib_items_embedded_total{modality=\"audio\"}", "ib_errors_total"]:  # fmt: skip
+    for name in [
+        'ib_queue_depth{modality="audio"}',
+        "ib_batch_views_bucket",
+        "ib_queue_wait_seconds_bucket",
+        "ib_compute_seconds_bucket",
+        'ib_items_embedded_total{modality="audio"}',
+        "ib_errors_total",
+    ]:
         assert name in text, name
 
 
@@ -237,8 +268,9 @@ def test_two_replicas_share_the_queues(wire_items):
         with urllib.request.urlopen(server.url + "/meta", timeout=5) as response:
             assert json.loads(response.read())["devices"] == ["cpu", "cpu"]
         with ThreadPoolExecutor(max_workers=16) as pool:
-            answers = list(pool.map(lambda _: post(server.url, {"audio": wire_items["audio"]}),
-                                    range(16)))  # fmt: skip
+            answers = list(
+                pool.map(lambda _: post(server.url, {"audio": wire_items["audio"]}), range(16))
+            )
         first = answers[0][1]["audioVectors"]
         for status, body, _ in answers:
             assert status == 200

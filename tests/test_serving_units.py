@@ -10,8 +10,9 @@ import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
 
+from ib_vectorizer.inline import inline_bytes, media_bytes
 from ib_vectorizer.modalities import Modality
-from ib_vectorizer.serving.engine import BatchingEngine, decode_base64
+from ib_vectorizer.serving.engine import BatchingEngine
 from ib_vectorizer.serving.http import create_app
 from ib_vectorizer.serving.metrics import ServerMetrics
 from ib_vectorizer.serving.queue import BatchQueue, DeadlineExceeded, WorkItem
@@ -122,18 +123,23 @@ def test_device_selection_follows_weaviate_variables():
 
 def test_settings_table_lists_every_variable():
     table = settings_table()
-    for name in ["IB_MODEL", "IB_CHECKPOINT", "ENABLE_CUDA", "CUDA_CORE", "IB_DEVICES", "IB_DTYPE",
-                 "IB_MAX_BATCH", "IB_MAX_WAIT_MS", "IB_MAX_QUEUE", "IB_MAX_BODY_MB",
-                 "IB_NORMALIZE", "IB_PREPROCESS_WORKERS", "IB_API_KEY"]:  # fmt: skip
+    names = ["IB_MODEL", "IB_CHECKPOINT", "ENABLE_CUDA", "CUDA_CORE", "IB_DEVICES", "IB_DTYPE"]
+    names += ["IB_MAX_BATCH", "IB_MAX_WAIT_MS", "IB_MAX_QUEUE", "IB_MAX_BODY_MB"]
+    names += ["IB_NORMALIZE", "IB_PREPROCESS_WORKERS", "IB_API_KEY"]
+    for name in names:
         assert f"`{name}`" in table
 
 
-def test_base64_decoding():
-    assert decode_base64("aGVsbG8=") == b"hello"
-    assert decode_base64("data:image/png;base64,aGVsbG8=") == b"hello"
-    for bad in ["aGVsbG8", "héllo", "a b c d"]:
-        with pytest.raises(ValueError, match="not valid base64"):
-            decode_base64(bad)
+def test_base64_decoding_is_one_rule_for_the_server_and_manifests():
+    assert media_bytes("aGVsbG8=") == b"hello"
+    assert media_bytes("aGVs\nbG8=") == b"hello"  # MIME line breaks are ignored
+    assert media_bytes("data:image/png;base64,aGVsbG8=") == b"hello"
+    assert media_bytes("data:,a%20b") == b"a b"
+    assert inline_bytes("base64:aGVsbG8=") == inline_bytes("data:;base64,aGVsbG8=") == b"hello"
+    assert inline_bytes("photos/cat.jpg") is None  # a path, not inline bytes
+    for bad in ["aGVsbG8", "héllo", "a*b=", "data:image/png;base64"]:
+        with pytest.raises(ValueError, match=r"base64|data URI"):
+            media_bytes(bad)
 
 
 def tiny_settings() -> ServerSettings:

@@ -7,7 +7,7 @@ Module names mirror Meta's checkpoint (``modality_preprocessors``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +159,3 @@ class ImageBind(nn.Module):
         """The factor the reference multiplies ``encoder``'s unit vectors by (1 for vision)."""
         post = self.modality_postprocessors[encoder]
         return float(post[1].scale) if len(post) > 1 else 1.0
-
-    def encoders(self) -> Iterable[str]:
-        return ENCODERS

@@ -1,91 +1,141 @@
-"""Raw bytes → model input, one module per modality.
+"""Raw bytes → model input, for the input geometry of one model.
 
-| modality | module          | one item becomes            |
-|----------|-----------------|-----------------------------|
-| vision   | ``image.py``    | (3, 224, 224)               |
-| text     | ``text.py``     | (77,) token ids             |
-| audio    | ``audio.py``    | (3, 1, 128, 204): 3 clips   |
-| video    | ``video.py``    | (15, 3, 2, 224, 224): views |
-| depth    | ``grayscale.py``| (1, 224, 224)               |
-| thermal  | ``grayscale.py``| (1, 224, 224)               |
-| imu      | ``imu.py``      | (6, 2000)                   |
+| modality | module           | one item becomes                    |
+|----------|------------------|-------------------------------------|
+| vision   | ``image.py``     | (3, S, S)                           |
+| text     | ``text.py``      | (L,) token ids                      |
+| audio    | ``audio.py``     | (3, 1, M, F): 3 clips               |
+| video    | ``video.py``     | (15, 3, N, S, S): 5 clips × 3 crops |
+| depth    | ``grayscale.py`` | (1, S, S)                           |
+| thermal  | ``grayscale.py`` | (1, S, S)                           |
+| imu      | ``imu.py``       | (6, T)                              |
 
-Every loader takes the item's bytes (text: a string) and raises
-:class:`~ib_vectorizer.errors.MediaError` with the reason; the functions here
-add the item's position (:class:`~ib_vectorizer.errors.InputError`).
+S, L, M, F, N and T are the model config's ``image_size``, ``context_length``,
+``audio_num_mel_bins``, ``audio_target_len``, ``video_frames`` and
+``imu_samples`` (224, 77, 128, 204, 2 and 2000 for imagebind_huge), held by a
+:class:`PreprocessConfig`. A :class:`Preprocessor` built for a model
+(:meth:`Preprocessor.for_model`) turns items into exactly the inputs that model
+takes.
+
+Every module's loader takes the item's bytes (text: a string) and raises
+:class:`~ib_vectorizer.errors.MediaError` with the reason; the preprocessor adds
+the item's position (:class:`~ib_vectorizer.errors.InputError`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import InputError, MediaError
 from ..modalities import Modality
-from .audio import load_audio
+from .audio import MAX_AUDIO_SECONDS, load_audio
+from .config import IMAGEBIND_HUGE, IMU_CHANNELS, PreprocessConfig
+from .constants import AUDIO_CLIPS, VIDEO_CLIPS, VIDEO_CROPS
 from .grayscale import load_depth, load_thermal
 from .image import load_image
 from .imu import load_imu
 from .text import load_text
-from .video import load_video
+from .video import MAX_VIDEO_SECONDS, load_video
 
-Loader = Callable[[bytes], torch.Tensor]
-
-LOADERS: dict[Modality, Loader] = {
-    Modality.VISION: load_image,
-    Modality.TEXT: load_text,
-    Modality.AUDIO: load_audio,
-    Modality.VIDEO: load_video,
-    Modality.DEPTH: load_depth,
-    Modality.THERMAL: load_thermal,
-    Modality.IMU: load_imu,
-}
+if TYPE_CHECKING:
+    from ..model.config import ImageBindConfig
 
 
-def loader_for(
-    modality: Modality | str,
-    max_video_seconds: float | None = None,
-    max_audio_seconds: float | None = None,
-) -> Loader:
-    """The loader of ``modality``, with limits that bound decoding work and memory."""
-    modality = Modality(modality)
-    if modality is Modality.VIDEO and max_video_seconds is not None:
-        return partial(load_video, max_seconds=max_video_seconds)
-    if modality is Modality.AUDIO and max_audio_seconds is not None:
-        return partial(load_audio, max_seconds=max_audio_seconds)
-    return LOADERS[modality]
+@dataclass(frozen=True)
+class Preprocessor:
+    """Turns raw items into model input of one geometry; the limits bound decoding work.
 
-
-def load_item(
-    modality: Modality | str, item: bytes | str, index: int = 0, loader: Loader | None = None
-) -> torch.Tensor:
-    """One item → model input, or :class:`InputError` naming ``modality[index]`` and why."""
-    modality = Modality(modality)
-    try:
-        return (loader or LOADERS[modality])(item)
-    except MediaError as err:
-        raise InputError(modality.value, index, str(err)) from None
-
-
-def load_batch(
-    modality: Modality | str,
-    items: Sequence[bytes | str],
-    loader: Loader | None = None,
-    first_index: int = 0,
-) -> torch.Tensor:
-    """All items stacked; the first bad one raises :class:`InputError`.
-
-    ``first_index`` is the position of ``items[0]`` in the caller's whole list,
-    so errors name the item as the caller knows it.
+    Cheap to build and to pickle (it holds only sizes and limits), so a pipeline
+    can ship it to its workers. A video longer than ``max_video_seconds`` is
+    refused before it is decoded, an audio file as soon as decoding passes
+    ``max_audio_seconds`` (None: no limit).
     """
-    return torch.stack(
-        [
-            load_item(modality, item, first_index + offset, loader)
-            for offset, item in enumerate(items)
-        ]
-    )
+
+    config: PreprocessConfig = IMAGEBIND_HUGE
+    max_video_seconds: float | None = MAX_VIDEO_SECONDS
+    max_audio_seconds: float | None = MAX_AUDIO_SECONDS
+
+    @classmethod
+    def for_model(
+        cls,
+        model_config: ImageBindConfig,
+        *,
+        max_video_seconds: float | None = MAX_VIDEO_SECONDS,
+        max_audio_seconds: float | None = MAX_AUDIO_SECONDS,
+    ) -> Preprocessor:
+        """The preprocessor of a model; ValueError names each config field it cannot follow."""
+        return cls(
+            PreprocessConfig.from_model(model_config),
+            max_video_seconds=max_video_seconds,
+            max_audio_seconds=max_audio_seconds,
+        )
+
+    def load_item(
+        self, modality: Modality | str, item: bytes | str, index: int = 0
+    ) -> torch.Tensor:
+        """One item → model input, or :class:`InputError` naming ``modality[index]`` and why."""
+        modality = Modality(modality)
+        try:
+            return self._load(modality, item)
+        except MediaError as err:
+            raise InputError(modality.value, index, str(err)) from None
+
+    def load_batch(
+        self, modality: Modality | str, items: Sequence[bytes | str], first_index: int = 0
+    ) -> torch.Tensor:
+        """All items stacked; the first bad one raises :class:`InputError`.
+
+        ``first_index`` is the position of ``items[0]`` in the caller's whole list,
+        so errors name the item as the caller knows it.
+        """
+        return torch.stack(
+            [
+                self.load_item(modality, item, first_index + offset)
+                for offset, item in enumerate(items)
+            ]
+        )
+
+    def item_shape(self, modality: Modality | str) -> tuple[int, ...]:
+        """The shape of one preprocessed item of ``modality``."""
+        c = self.config
+        size = c.image_size
+        return {
+            Modality.VISION: (3, size, size),
+            Modality.TEXT: (c.context_length,),
+            Modality.AUDIO: (AUDIO_CLIPS, 1, c.audio_num_mel_bins, c.audio_target_len),
+            Modality.VIDEO: (VIDEO_CLIPS * VIDEO_CROPS, 3, c.video_frames, size, size),
+            Modality.DEPTH: (1, size, size),
+            Modality.THERMAL: (1, size, size),
+            Modality.IMU: (IMU_CHANNELS, c.imu_samples),
+        }[Modality(modality)]
+
+    def example_batch(self, modality: Modality | str, batch: int = 1) -> torch.Tensor:
+        """Zeros shaped like ``batch`` preprocessed items, for warming up kernels."""
+        modality = Modality(modality)
+        dtype = torch.int64 if modality is Modality.TEXT else torch.float32
+        return torch.zeros(batch, *self.item_shape(modality), dtype=dtype)
+
+    def _load(self, modality: Modality, item: bytes | str) -> torch.Tensor:
+        c = self.config
+        if modality is Modality.VISION:
+            return load_image(item, c.image_size)
+        if modality is Modality.TEXT:
+            return load_text(item, c.context_length)
+        if modality is Modality.AUDIO:
+            return load_audio(
+                item, self.max_audio_seconds, c.audio_num_mel_bins, c.audio_target_len
+            )
+        if modality is Modality.VIDEO:
+            return load_video(item, self.max_video_seconds, c.image_size, c.video_frames)
+        if modality is Modality.DEPTH:
+            return load_depth(item, c.image_size)
+        if modality is Modality.THERMAL:
+            return load_thermal(item, c.image_size)
+        return load_imu(item, c.imu_samples)
 
 
-__all__ = ["LOADERS", "Loader", "load_batch", "load_item", "loader_for"]
+__all__ = ["MAX_AUDIO_SECONDS", "MAX_VIDEO_SECONDS", "PreprocessConfig", "Preprocessor"]

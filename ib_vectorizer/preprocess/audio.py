@@ -1,7 +1,8 @@
-"""Audio bytes -> the reference ImageBind audio input, float32 (3, 1, 128, 204).
+"""Audio bytes -> the reference ImageBind audio input, float32 (3, 1, M, F).
 
-The rules are the reference's (see ``docs/imagebind-facts.md``), because the
-checkpoint was trained on exactly these features:
+M is the model's ``audio_num_mel_bins`` and F its ``audio_target_len`` (128 and
+204 for imagebind_huge). These are the reference implementation's rules,
+because the checkpoint was trained on exactly these features:
 
 1. Decode every frame of the first audio stream with PyAV to float32 in
    [-1, 1], shape (channels, samples). Integer samples are scaled by their full
@@ -16,9 +17,9 @@ checkpoint was trained on exactly these features:
    of the whole waveform**, so a later clip that overlaps an earlier one sees
    the earlier subtraction too. This quirk is kept on purpose: the reference
    features, and hence the trained model, include it.
-5. Kaldi fbank (htk_compat, hanning, 128 mel bins, dither 0, 25 ms / 10 ms, no
+5. Kaldi fbank (htk_compat, hanning, M mel bins, dither 0, 25 ms / 10 ms, no
    energy, 16 kHz); on a multi-channel clip it reads channel 0 only. Transpose
-   to (128, frames), zero-pad or cut on the right to 204 frames, then
+   to (M, frames), zero-pad or cut on the right to F frames, then
    ``(x + 4.268) / 9.138``.
 
 Where the reference crashes we do something sensible instead:
@@ -26,7 +27,7 @@ Where the reference crashes we do something sensible instead:
 - A clip shorter than one 25 ms window (400 samples) makes the reference's
   fbank return no frame and crash. We zero-pad such a clip on the right to one
   window (after the mean subtraction), so fbank yields one frame; the usual
-  zero-padding to 204 frames follows.
+  zero-padding to F frames follows.
 - Every failure is a :class:`MediaError` with a short reason (not decodable, no
   audio stream, no samples, truncated WAV) instead of a decoder exception.
   FFmpeg's WAV reader silently accepts a file cut short, so for RIFF/WAVE input
@@ -49,6 +50,7 @@ import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 
 from ib_vectorizer.errors import MediaError
+from ib_vectorizer.preprocess.config import IMAGEBIND_HUGE
 from ib_vectorizer.preprocess.constants import (
     AUDIO_CLIP_SECONDS,
     AUDIO_CLIPS,
@@ -56,9 +58,7 @@ from ib_vectorizer.preprocess.constants import (
     AUDIO_FBANK_STD,
     AUDIO_FRAME_LENGTH_MS,
     AUDIO_FRAME_SHIFT_MS,
-    AUDIO_MEL_BINS,
     AUDIO_SAMPLE_RATE,
-    AUDIO_TARGET_FRAMES,
 )
 from ib_vectorizer.preprocess.demux import stream_frames
 
@@ -74,15 +74,20 @@ _WINDOW_SAMPLES = int(AUDIO_SAMPLE_RATE * AUDIO_FRAME_LENGTH_MS / 1000)
 MAX_AUDIO_SECONDS = 600.0
 
 
-def load_audio(data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS) -> torch.Tensor:
-    """Decode ``data`` (WAV, FLAC, MP3, OGG, M4A, ...) to float32 (3, 1, 128, 204)."""
+def load_audio(
+    data: bytes,
+    max_seconds: float | None = MAX_AUDIO_SECONDS,
+    num_mel_bins: int = IMAGEBIND_HUGE.audio_num_mel_bins,
+    target_len: int = IMAGEBIND_HUGE.audio_target_len,
+) -> torch.Tensor:
+    """Decode ``data`` (WAV, FLAC, MP3, OGG, M4A, ...) to float32 (3, 1, mel bins, target_len)."""
     waveform, sample_rate = decode_audio(data, max_seconds)
     waveform = resample_to_model_rate(waveform, sample_rate)
     clips = []
     for first, stop in clip_bounds(waveform.shape[1]):
         clip = waveform[:, first:stop]  # a view: the mean subtraction leaks, as in the reference
         clip -= clip.mean()
-        clips.append(waveform_to_fbank(clip))
+        clips.append(waveform_to_fbank(clip, num_mel_bins, target_len))
     return torch.stack(clips)
 
 
@@ -202,8 +207,12 @@ def clip_bounds(num_samples: int) -> list[tuple[int, int]]:
     return [(int(start * rate), int((start + length) * rate)) for start in starts]
 
 
-def waveform_to_fbank(clip: torch.Tensor) -> torch.Tensor:
-    """One mean-subtracted clip (channels, samples) -> normalised fbank (1, 128, 204)."""
+def waveform_to_fbank(
+    clip: torch.Tensor,
+    num_mel_bins: int = IMAGEBIND_HUGE.audio_num_mel_bins,
+    target_len: int = IMAGEBIND_HUGE.audio_target_len,
+) -> torch.Tensor:
+    """A mean-subtracted clip (channels, samples) -> normalised fbank (1, mel bins, target_len)."""
     if clip.shape[1] < _WINDOW_SAMPLES:  # the reference crashes here; pad to one window
         clip = torch.nn.functional.pad(clip, (0, _WINDOW_SAMPLES - clip.shape[1]))
     fbank = kaldi.fbank(
@@ -212,16 +221,15 @@ def waveform_to_fbank(clip: torch.Tensor) -> torch.Tensor:
         sample_frequency=AUDIO_SAMPLE_RATE,
         use_energy=False,
         window_type="hanning",
-        num_mel_bins=AUDIO_MEL_BINS,
+        num_mel_bins=num_mel_bins,
         dither=0.0,
         frame_length=AUDIO_FRAME_LENGTH_MS,
         frame_shift=AUDIO_FRAME_SHIFT_MS,
-    ).T  # (128, frames); fbank reads channel 0 of a multi-channel clip
-    missing = AUDIO_TARGET_FRAMES - fbank.shape[1]
+    ).T  # (num_mel_bins, frames); fbank reads channel 0 of a multi-channel clip
+    fbank = fbank[:, :target_len]
+    missing = target_len - fbank.shape[1]
     if missing > 0:
         fbank = torch.nn.functional.pad(fbank, (0, missing))
-    else:
-        fbank = fbank[:, :AUDIO_TARGET_FRAMES]
     mean = torch.tensor(AUDIO_FBANK_MEAN, dtype=fbank.dtype)
     std = torch.tensor(AUDIO_FBANK_STD, dtype=fbank.dtype)
     return ((fbank - mean) / std).unsqueeze(0)

@@ -1,18 +1,17 @@
-"""Every preprocessing constant of the reference ImageBind, in one place."""
+"""Preprocessing constants of the reference ImageBind that no model config changes.
+
+The sizes a model config does define (image size, context length, mel bins,
+audio frames, IMU samples, frames per video clip) are in
+:class:`~ib_vectorizer.preprocess.config.PreprocessConfig`, taken from the model.
+"""
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGE_SIZE = 224
-
-# Text
-CONTEXT_LENGTH = 77
 
 # Audio
 AUDIO_SAMPLE_RATE = 16_000
 AUDIO_CLIP_SECONDS = 2.0
 AUDIO_CLIPS = 3
-AUDIO_MEL_BINS = 128
-AUDIO_TARGET_FRAMES = 204
 AUDIO_FBANK_MEAN = -4.268
 AUDIO_FBANK_STD = 9.138
 AUDIO_FRAME_LENGTH_MS = 25.0
@@ -21,9 +20,4 @@ AUDIO_FRAME_SHIFT_MS = 10.0
 # Video
 VIDEO_CLIP_SECONDS = 2.0
 VIDEO_CLIPS = 5
-VIDEO_FRAMES_PER_CLIP = 2
 VIDEO_CROPS = 3
-
-# IMU
-IMU_CHANNELS = 6
-IMU_SAMPLES = 2000

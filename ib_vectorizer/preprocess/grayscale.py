@@ -1,8 +1,9 @@
-"""Depth and thermal maps → (1, 224, 224), following the Weaviate reference container.
+"""Depth and thermal maps → (1, S, S), following the Weaviate reference container.
 
-An 8-bit image (any mode; colour is reduced to luma as Pillow's ``convert("L")``
-does) is resized short side 224 bicubic, centre-cropped, scaled to [0, 1] and
-normalised with the first CLIP channel's mean and std.
+S is the model's ``image_size`` (224 for imagebind_huge). An 8-bit image (any
+mode; colour is reduced to luma as Pillow's ``convert("L")`` does) is resized
+short side S bicubic, centre-cropped, scaled to [0, 1] and normalised with the
+first CLIP channel's mean and std.
 
 16-bit single-channel images (PNG ``I;16``) are not what the reference reads,
 so they get a documented conversion to 8 bits first (Pillow would otherwise
@@ -23,6 +24,7 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from ..errors import MediaError
+from .config import IMAGEBIND_HUGE
 from .constants import CLIP_MEAN, CLIP_STD
 from .image import open_image, resize_and_crop
 
@@ -54,7 +56,7 @@ def thermal_counts_image(counts: np.ndarray) -> Image.Image:
     return _to_uint8_image(scaled)
 
 
-def _load_grayscale(data: bytes, what: str) -> torch.Tensor:
+def _load_grayscale(data: bytes, what: str, size: int) -> torch.Tensor:
     image = open_image(data, what=f"{what} image")
     if image.mode in _WIDE_MODES:
         values = np.asarray(image)
@@ -63,15 +65,15 @@ def _load_grayscale(data: bytes, what: str) -> torch.Tensor:
         )
     else:
         image = image.convert("L")
-    tensor = TF.to_tensor(resize_and_crop(image))
+    tensor = TF.to_tensor(resize_and_crop(image, size))
     return TF.normalize(tensor, CLIP_MEAN[:1], CLIP_STD[:1])
 
 
-def load_depth(data: bytes) -> torch.Tensor:
-    """Encoded depth (or disparity) map → float32 (1, 224, 224)."""
-    return _load_grayscale(data, "depth")
+def load_depth(data: bytes, size: int = IMAGEBIND_HUGE.image_size) -> torch.Tensor:
+    """Encoded depth (or disparity) map → float32 (1, size, size)."""
+    return _load_grayscale(data, "depth", size)
 
 
-def load_thermal(data: bytes) -> torch.Tensor:
-    """Encoded thermal image → float32 (1, 224, 224)."""
-    return _load_grayscale(data, "thermal")
+def load_thermal(data: bytes, size: int = IMAGEBIND_HUGE.image_size) -> torch.Tensor:
+    """Encoded thermal image → float32 (1, size, size)."""
+    return _load_grayscale(data, "thermal", size)

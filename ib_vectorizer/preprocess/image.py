@@ -1,8 +1,8 @@
-"""Images → CLIP-normalised (3, 224, 224) tensors, exactly as the reference.
+"""Images → CLIP-normalised (3, S, S) tensors, S = ``image_size`` (224), as the reference.
 
 Decode with Pillow (JPEG, PNG, WebP, BMP, GIF's first frame, ...), convert to
 RGB (alpha is dropped, not composited, as in training), resize the short side
-to 224 with antialiased bicubic, centre-crop 224, scale to [0, 1], normalise.
+to S with antialiased bicubic, centre-crop S, scale to [0, 1], normalise.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from ..errors import MediaError
-from .constants import CLIP_MEAN, CLIP_STD, IMAGE_SIZE
+from .config import IMAGEBIND_HUGE
+from .constants import CLIP_MEAN, CLIP_STD
 
 # Pillow's decompression-bomb guard, made an error rather than a warning:
 # nothing legitimate sent for embedding has more pixels than this.
@@ -48,14 +49,14 @@ def open_image(data: bytes, what: str = "image") -> Image.Image:
     return image
 
 
-def resize_and_crop(image: Image.Image) -> Image.Image:
-    """Short side to 224 (bicubic, antialiased), then the centre 224×224."""
-    image = TF.resize(image, IMAGE_SIZE, interpolation=InterpolationMode.BICUBIC)
-    return TF.center_crop(image, IMAGE_SIZE)
+def resize_and_crop(image: Image.Image, size: int = IMAGEBIND_HUGE.image_size) -> Image.Image:
+    """Short side to ``size`` (bicubic, antialiased), then the centre ``size``×``size``."""
+    image = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC)
+    return TF.center_crop(image, size)
 
 
-def load_image(data: bytes) -> torch.Tensor:
-    """Encoded image bytes → float32 (3, 224, 224)."""
+def load_image(data: bytes, size: int = IMAGEBIND_HUGE.image_size) -> torch.Tensor:
+    """Encoded image bytes → float32 (3, size, size)."""
     image = open_image(data).convert("RGB")
-    tensor = TF.to_tensor(resize_and_crop(image))
+    tensor = TF.to_tensor(resize_and_crop(image, size))
     return TF.normalize(tensor, CLIP_MEAN, CLIP_STD)

@@ -1,4 +1,4 @@
-"""IMU recordings → (6, 2000): six channels, 2000 samples (5 s at 400 Hz).
+"""IMU recordings → (6, N): six channels of N = ``imu_samples`` samples (2000: 5 s at 400 Hz).
 
 Accepted layouts (the format is told by the bytes, not a file name):
 
@@ -9,8 +9,8 @@ Accepted layouts (the format is told by the bytes, not a file name):
   container reshapes instead, which scrambles the channels).
 * NumPy ``.npy`` of shape (6, T), or (T, 6) which is transposed.
 
-T shorter than 2000 is zero-padded on the right, longer is cut. NaN or
-infinite values are rejected: they would poison the whole embedding.
+T shorter than N is zero-padded on the right, longer is cut. NaN or infinite
+values are rejected: they would poison the whole embedding.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from ..errors import MediaError
-from .constants import IMU_CHANNELS, IMU_SAMPLES
+from .config import IMAGEBIND_HUGE, IMU_CHANNEL_NAMES, IMU_CHANNELS
 
 _NPY_MAGIC = b"\x93NUMPY"
-CHANNEL_NAMES = ("gyro_x", "gyro_y", "gyro_z", "accl_x", "accl_y", "accl_z")
 
 
 def _is_number(cell: str) -> bool:
@@ -52,7 +51,7 @@ def parse_imu_csv(data: bytes) -> np.ndarray:
         if len(row) != IMU_CHANNELS:
             raise MediaError(
                 f"IMU CSV data row {line} has {len(row)} columns; expected {IMU_CHANNELS} "
-                f"({', '.join(CHANNEL_NAMES)})"
+                f"({', '.join(IMU_CHANNEL_NAMES)})"
             )
         for column, cell in enumerate(row):
             try:
@@ -80,14 +79,14 @@ def parse_imu_npy(data: bytes) -> np.ndarray:
     if array.shape[0] != IMU_CHANNELS:
         raise MediaError(
             f"IMU array has shape {tuple(array.shape)}; expected (6, T) or (T, 6) with "
-            f"channels {', '.join(CHANNEL_NAMES)}"
+            f"channels {', '.join(IMU_CHANNEL_NAMES)}"
         )
     if array.shape[1] == 0:
         raise MediaError("IMU array has no samples")
     return array.astype(np.float64)
 
 
-def fit_length(channels: np.ndarray, samples: int = IMU_SAMPLES) -> np.ndarray:
+def fit_length(channels: np.ndarray, samples: int = IMAGEBIND_HUGE.imu_samples) -> np.ndarray:
     """Zero-pad or cut the time axis on the right to ``samples``."""
     fitted = np.zeros((channels.shape[0], samples), dtype=np.float32)
     keep = min(samples, channels.shape[1])
@@ -95,8 +94,8 @@ def fit_length(channels: np.ndarray, samples: int = IMU_SAMPLES) -> np.ndarray:
     return fitted
 
 
-def load_imu(data: bytes) -> torch.Tensor:
-    """CSV or .npy bytes → float32 (6, 2000)."""
+def load_imu(data: bytes, samples: int = IMAGEBIND_HUGE.imu_samples) -> torch.Tensor:
+    """CSV or .npy bytes → float32 (6, samples)."""
     if not data:
         raise MediaError("IMU file is empty (0 bytes)")
     channels = parse_imu_npy(data) if data.startswith(_NPY_MAGIC) else parse_imu_csv(data)
@@ -105,6 +104,6 @@ def load_imu(data: bytes) -> torch.Tensor:
         channel, sample = np.argwhere(bad)[0]
         raise MediaError(
             f"IMU data has NaN or infinite values (first at sample {sample + 1}, "
-            f"channel {CHANNEL_NAMES[channel]})"
+            f"channel {IMU_CHANNEL_NAMES[channel]})"
         )
-    return torch.from_numpy(fit_length(channels))
+    return torch.from_numpy(fit_length(channels, samples))

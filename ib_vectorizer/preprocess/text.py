@@ -1,9 +1,9 @@
-"""Text → 77 CLIP BPE token ids, with the end-of-text token kept on long texts.
+"""Text → ``context_length`` (77) CLIP BPE token ids, the end-of-text token kept on long texts.
 
 The vocabulary and cleaning (ftfy, HTML unescape, whitespace collapsed,
-lower-case) are open_clip's, the same the model was trained with. A text
-longer than 75 tokens is cut and its last position set to EOT, so the head
-pools the EOT token as in training (older ImageBind code dropped it).
+lower-case) are open_clip's, the same the model was trained with. A text whose
+tokens do not fit is cut and its last position set to EOT, so the head pools
+the EOT token as in training (older ImageBind code dropped it).
 """
 
 from __future__ import annotations
@@ -15,29 +15,39 @@ from functools import cache
 import torch
 
 from ..errors import MediaError
-from .constants import CONTEXT_LENGTH
+from .config import IMAGEBIND_HUGE
 
 
 @cache
 def clip_tokenizer():
-    """open_clip's byte-level BPE tokenizer with its bundled vocabulary (built once)."""
+    """open_clip's byte-level BPE tokenizer with its bundled vocabulary (built once).
+
+    One tokenizer serves every context length: the length is given per call.
+    """
     from open_clip.tokenizer import SimpleTokenizer
 
-    return SimpleTokenizer(context_length=CONTEXT_LENGTH)
+    return SimpleTokenizer()
 
 
-# BPE work grows with the square of a word's length, but only the first 76
-# tokens are kept: runs of whitespace are collapsed (as the cleaning does anyway)
-# and the text is cut to a length no real 76 tokens reach (27+ characters each).
+# BPE work grows with the square of a word's length, but only the first
+# ``context_length - 1`` tokens are kept: runs of whitespace are collapsed (as
+# the cleaning does anyway) and the text is cut to a length no real tokens
+# reach: 26 characters per token position, and never less than MAX_TEXT_CHARS.
 MAX_TEXT_CHARS = 2048
+TEXT_CHARS_PER_TOKEN = 26
 # The tokenizer caches every word it has seen; a server would grow without bound.
 MAX_CACHED_WORDS = 100_000
 _WHITESPACE = re.compile(r"\s+")
 _tokenizer_lock = threading.Lock()  # the cache is a plain dict shared by decode threads
 
 
-def load_text(text: str) -> torch.Tensor:
-    """One text → int64 (77,) token ids: SOT, tokens, EOT, zero padding."""
+def max_text_chars(context_length: int) -> int:
+    """How much of a (whitespace-collapsed) text can matter for ``context_length`` tokens."""
+    return max(MAX_TEXT_CHARS, TEXT_CHARS_PER_TOKEN * context_length)
+
+
+def load_text(text: str, context_length: int = IMAGEBIND_HUGE.context_length) -> torch.Tensor:
+    """One text → int64 (context_length,) token ids: SOT, tokens, EOT, zero padding."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -45,10 +55,10 @@ def load_text(text: str) -> torch.Tensor:
             raise MediaError("text is not valid UTF-8") from None
     if not isinstance(text, str):
         raise MediaError(f"text must be a string, not {type(text).__name__}")
-    text = _WHITESPACE.sub(" ", text)[:MAX_TEXT_CHARS]
+    text = _WHITESPACE.sub(" ", text)[: max_text_chars(context_length)]
     tokenizer = clip_tokenizer()
     with _tokenizer_lock:
-        ids = tokenizer([text])[0]
+        ids = tokenizer([text], context_length=context_length)[0]
         if len(tokenizer.cache) > MAX_CACHED_WORDS:
             tokenizer.cache.clear()
     return ids.to(torch.int64)

@@ -1,6 +1,7 @@
-"""Video bytes -> the reference ImageBind video input, float32 (15, 3, 2, 224, 224).
+"""Video bytes -> the reference ImageBind video input, float32 (15, 3, N, S, S).
 
-The rules are the reference's (see ``docs/imagebind-facts.md``), because the
+N is the model's ``video_frames`` and S its ``image_size`` (2 and 224 for
+imagebind_huge). These are the reference implementation's rules, because the
 checkpoint was trained on exactly these views:
 
 1. D is the first video stream's header duration,
@@ -9,19 +10,22 @@ checkpoint was trained on exactly these views:
    fractions, like the reference's clip sampler). Clip i holds the frames whose
    pts lie in ``[ceil(start / time_base) + start_time,
    ceil((start + 2) / time_base) + start_time)``.
-3. From each clip take the frames at ``long(linspace(0, T - 1, 2))``: its first
-   and its last frame in pts order.
-4. Each frame as RGB24, divided by 255, short side scaled to 224 with
+3. From each clip's T frames in pts order take those at
+   ``long(linspace(0, T - 1, N))``: for N = 2 its first and its last frame.
+4. Each frame as RGB24, divided by 255, short side scaled to S with
    ``F.interpolate`` (bilinear, ``align_corners=False``, long side
-   ``floor(long / short * 224)``), normalised with the CLIP mean/std.
-5. Three 224 x 224 crops along the long side: start, centre (offset
-   ``ceil((L - 224) / 2)``) and end; views ordered clip by clip, crops 0, 1, 2.
+   ``floor(long / short * S)``), normalised with the CLIP mean/std.
+5. Three S x S crops along the long side: start, centre (offset
+   ``ceil((L - S) / 2)``) and end; views ordered clip by clip, crops 0, 1, 2.
 
 The stream is decoded once; a frame is kept (as a reference to the decoded
 frame, converted to RGB only at the end) only while it is some clip's first or
 last frame, or the nearest frame to a clip that has none yet, so memory holds a
-few frames, never the whole video. Decoding stops at the first frame past the
-last clip. Rotation metadata is ignored, as the reference ignores it.
+few frames, never the whole video. Which frames lie between a clip's first and
+last depends on T, known only when the clip is over: so for N > 2 the first pass
+records every clip's pts and a second pass keeps just the N picked frames.
+Decoding stops at the first frame past the last clip. Rotation metadata is
+ignored, as the reference ignores it.
 
 Where the reference crashes or has no rule we do something sensible instead:
 
@@ -30,7 +34,7 @@ Where the reference crashes or has no rule we do something sensible instead:
 - A video shorter than 2 s: every clip is ``[0, 2 s)``, i.e. the whole video.
 - A clip window that holds no frame (a gap in the stream, or a header that
   claims more than the stream holds): use the decoded frame nearest to the
-  window in time, as both of that clip's frames.
+  window in time, as all of that clip's frames.
 - A 1-frame video: that frame everywhere.
 - A packet the decoder rejects is skipped; a container that breaks part-way
   is used up to the break (an error only if no frame came out).
@@ -43,7 +47,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
@@ -53,14 +57,13 @@ import torch.nn.functional as F
 
 from ib_vectorizer.errors import MediaError
 from ib_vectorizer.preprocess.audio import clip_starts
+from ib_vectorizer.preprocess.config import IMAGEBIND_HUGE
 from ib_vectorizer.preprocess.constants import (
     CLIP_MEAN,
     CLIP_STD,
-    IMAGE_SIZE,
     VIDEO_CLIP_SECONDS,
     VIDEO_CLIPS,
     VIDEO_CROPS,
-    VIDEO_FRAMES_PER_CLIP,
 )
 from ib_vectorizer.preprocess.demux import stream_frames
 
@@ -74,14 +77,22 @@ __all__ = [
 ]
 
 
-def load_video(data: bytes, max_seconds: float | None = None) -> torch.Tensor:
-    """Decode ``data`` (MP4, WebM, MOV, ...) to float32 (15, 3, 2, 224, 224).
+# Decoding is the costly part; beyond this many seconds a video is refused unread.
+MAX_VIDEO_SECONDS = 600.0
+
+
+def load_video(
+    data: bytes,
+    max_seconds: float | None = MAX_VIDEO_SECONDS,
+    size: int = IMAGEBIND_HUGE.image_size,
+    frames_per_clip: int = IMAGEBIND_HUGE.video_frames,
+) -> torch.Tensor:
+    """Decode ``data`` (MP4, WebM, MOV, ...) to float32 (15, 3, frames_per_clip, size, size).
 
     ``max_seconds`` bounds the work: a longer video (by its header) is refused
     before any frame is decoded.
     """
-    container = open_video(data)
-    with container:
+    with open_video(data) as container:
         stream = first_video_stream(container)
         duration = video_duration(data, container, stream)
         if max_seconds is not None and duration > max_seconds:
@@ -90,7 +101,15 @@ def load_video(data: bytes, max_seconds: float | None = None) -> torch.Tensor:
             )
         windows = clip_windows(duration, stream.time_base, stream.start_time or 0)
         clips = decode_clip_frames(container, stream, windows)
-        return frames_to_views(clips)
+        picks = [clip.picks(frames_per_clip) for clip in clips]
+        if all(clip.holds(chosen) for clip, chosen in zip(clips, picks, strict=True)):
+            return frames_to_views(clips, picks, size)
+        del clips
+    # Frames between a clip's first and last are picked: decode again, keeping just those.
+    with open_video(data) as container:
+        stream = first_video_stream(container)
+        clips = decode_clip_frames(container, stream, windows, keep=picks)
+        return frames_to_views(clips, picks, size)
 
 
 MAX_FRAME_PIXELS = 7680 * 4320  # 8K UHD: bounds the memory a handful of kept frames take
@@ -177,13 +196,16 @@ class ClipFrames:
 
     first_pts: int
     stop_pts: int
+    keep: frozenset[int] = frozenset()  # pts in the window to keep besides the first and last
+    window_pts: set[int] = field(default_factory=set)  # every pts seen in the window
     first: Pick | None = None  # smallest pts in the window
     last: Pick | None = None  # largest pts in the window
+    kept: dict[int, av.VideoFrame] = field(default_factory=dict)  # the frames of ``keep``
     before: Pick | None = None  # largest pts before the window, a fallback
     after: Pick | None = None  # smallest pts after the window, a fallback
 
     def offer(self, pts: int, frame: av.VideoFrame) -> None:
-        """Keep ``frame`` if it is this clip's first, last or nearest-outside frame.
+        """Keep ``frame`` if it is this clip's first, last, kept or nearest-outside frame.
 
         On equal pts the later frame wins, as in the reference's pts-keyed dict.
         """
@@ -194,15 +216,37 @@ class ClipFrames:
             if self.after is None or pts < self.after[0]:
                 self.after = (pts, frame)
         else:
+            self.window_pts.add(pts)
             if self.first is None or pts <= self.first[0]:
                 self.first = (pts, frame)
             if self.last is None or pts >= self.last[0]:
                 self.last = (pts, frame)
+            if pts in self.keep:
+                self.kept[pts] = frame
 
-    def chosen(self) -> tuple[Pick, Pick]:
-        """(first, last) frame of the clip; the nearest frame twice for an empty window."""
-        if self.first is not None and self.last is not None:
-            return self.first, self.last
+    def picks(self, count: int) -> list[int]:
+        """The pts of the frames at ``long(linspace(0, T - 1, count))`` of the window's T.
+
+        A window without frames gives the nearest frame's pts ``count`` times.
+        """
+        if not self.window_pts:
+            return [self.nearest()[0]] * count
+        ordered = sorted(self.window_pts)
+        return [ordered[i] for i in torch.linspace(0, len(ordered) - 1, count).long().tolist()]
+
+    def frame_at(self, pts: int) -> av.VideoFrame | None:
+        """The kept frame with ``pts``, or None if it was not kept."""
+        for pick in (self.first, self.last, self.before, self.after):
+            if pick is not None and pick[0] == pts:
+                return pick[1]
+        return self.kept.get(pts)
+
+    def holds(self, picks: list[int]) -> bool:
+        """Whether the frames of every pts in ``picks`` were kept."""
+        return all(self.frame_at(pts) is not None for pts in picks)
+
+    def nearest(self) -> Pick:
+        """The decoded frame nearest to the window in time, for a window without frames."""
         nearest = self.before
         if self.after is not None and (
             nearest is None or self.after[0] - (self.stop_pts - 1) < self.first_pts - nearest[0]
@@ -210,14 +254,25 @@ class ClipFrames:
             nearest = self.after
         if nearest is None:
             raise MediaError("video has no frames")
-        return nearest, nearest
+        return nearest
 
 
 def decode_clip_frames(
-    container: av.container.InputContainer, stream, windows: list[tuple[int, int]]
-) -> list[tuple[Pick, Pick]]:
-    """Decode ``stream`` once and return each window's (first, last) frame with its pts."""
-    clips = [ClipFrames(first, stop) for first, stop in windows]
+    container: av.container.InputContainer,
+    stream,
+    windows: list[tuple[int, int]],
+    keep: list[list[int]] | None = None,
+) -> list[ClipFrames]:
+    """Decode ``stream`` once, offering every frame to each window's :class:`ClipFrames`.
+
+    Each clip keeps its first and last frame, and the frames whose pts its entry
+    of ``keep`` lists.
+    """
+    keep = keep or [[] for _ in windows]
+    clips = [
+        ClipFrames(first, stop, frozenset(pts))
+        for (first, stop), pts in zip(windows, keep, strict=True)
+    ]
     stop_all = max(stop for _, stop in windows)
     seen = False
     for pts, frame in decoded_frames(container, stream):
@@ -228,7 +283,7 @@ def decode_clip_frames(
             break  # past the last clip: no more frames are needed
     if not seen:
         raise MediaError("video has no frames")
-    return [clip.chosen() for clip in clips]
+    return clips
 
 
 def decoded_frames(container: av.container.InputContainer, stream) -> Iterator[Pick]:
@@ -246,17 +301,20 @@ def decoded_frames(container: av.container.InputContainer, stream) -> Iterator[P
         yield pts, frame
 
 
-def frames_to_views(clips: list[tuple[Pick, Pick]]) -> torch.Tensor:
-    """Each clip's two frames -> (15, 3, 2, 224, 224): 3 crops per clip, clip by clip."""
+def frames_to_views(clips: list[ClipFrames], picks: list[list[int]], size: int) -> torch.Tensor:
+    """The picked frames of each clip -> (15, 3, frames, size, size): 3 crops per clip, in order."""
     crops_of: dict[int, list[torch.Tensor]] = {}  # per decoded frame, computed once
     views = []
-    for picks in clips:
+    for clip, chosen in zip(clips, picks, strict=True):
         frame_crops = []
-        for _, frame in picks:
+        for pts in chosen:
+            frame = clip.frame_at(pts)
+            if frame is None:  # a decoder that gives other frames on the second pass
+                raise MediaError("video decodes differently each time it is read")
             if id(frame) not in crops_of:
-                crops_of[id(frame)] = three_crops(normalise(short_side_resize(to_unit_rgb(frame))))
+                resized = short_side_resize(to_unit_rgb(frame), size)
+                crops_of[id(frame)] = three_crops(normalise(resized), size)
             frame_crops.append(crops_of[id(frame)])
-        assert len(frame_crops) == VIDEO_FRAMES_PER_CLIP
         for crop in range(VIDEO_CROPS):
             views.append(torch.stack([crops[crop] for crops in frame_crops], dim=1))
     return torch.stack(views)
@@ -271,7 +329,7 @@ def to_unit_rgb(frame: av.VideoFrame) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
 
 
-def short_side_resize(image: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
+def short_side_resize(image: torch.Tensor, size: int = IMAGEBIND_HUGE.image_size) -> torch.Tensor:
     """(C, H, W) with the short side bilinearly scaled to ``size``, long side floored."""
     height, width = image.shape[-2:]
     if width < height:
@@ -291,7 +349,7 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
     return (image - mean) / std
 
 
-def three_crops(image: torch.Tensor, size: int = IMAGE_SIZE) -> list[torch.Tensor]:
+def three_crops(image: torch.Tensor, size: int = IMAGEBIND_HUGE.image_size) -> list[torch.Tensor]:
     """Start, centre and end ``size`` x ``size`` crops of (C, H, W) along its long side."""
     height, width = image.shape[-2:]
     top, left = math.ceil((height - size) / 2), math.ceil((width - size) / 2)

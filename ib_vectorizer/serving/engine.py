@@ -18,8 +18,6 @@ Two engines share loading, readiness and decoding:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import os
 import threading
@@ -31,12 +29,10 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoints import resolve_checkpoint
 from ..embedder import Embedder
 from ..errors import InputError, MediaError
+from ..inline import media_bytes
 from ..modalities import Modality
-from ..model import create_model
-from ..preprocess import load_item, loader_for
 from .metrics import ServerMetrics
 from .queue import BatchQueue, DeadlineExceeded, WorkItem
 from .settings import ServerSettings
@@ -58,20 +54,6 @@ class NotReady(Exception):
     """The model is still loading, or the server is shutting down."""
 
 
-def decode_base64(text: str | bytes) -> bytes:
-    """Standard base64 (a ``data:...;base64,`` prefix is tolerated)."""
-    if isinstance(text, str):
-        if text.startswith("data:") and "," in text:
-            text = text.split(",", 1)[1]
-        text = text.encode("ascii", errors="strict") if text.isascii() else None
-    if text is None:
-        raise MediaError("not valid base64 (non-ASCII characters)")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise MediaError("not valid base64") from None
-
-
 def cpu_threads_per_replica(settings: ServerSettings, cpu_replicas: int) -> int:
     """Intra-op threads for CPU replicas: what the decoding pool leaves over, at least one.
 
@@ -90,24 +72,24 @@ def load_embedders(settings: ServerSettings) -> list[Embedder]:
     cpu_replicas = sum(1 for device in devices if device == "cpu")
     if cpu_replicas and settings.mode == "batched":
         torch.set_num_threads(cpu_threads_per_replica(settings, cpu_replicas))
-    checkpoint = None if settings.random_weights else resolve_checkpoint(settings.checkpoint)
+    checkpoint = settings.checkpoint_path()  # resolved once, loaded once per device
     models: dict[str, torch.nn.Module] = {}
     embedders = []
     for device in devices:
         if device not in models:
-            dtype = settings.dtype or ("float16" if device.startswith("cuda") else "float32")
-            model = create_model(
-                settings.model,
-                checkpoint=checkpoint,
-                random_seed=0 if checkpoint is None else None,
-                device=device,
-                dtype=getattr(torch, dtype),
-            )
+            model = settings.create(device, checkpoint=checkpoint)
             if settings.compile:
                 for trunk in model.modality_trunks.values():
                     trunk.compile(dynamic=True)
             models[device] = model
-        embedders.append(Embedder(models[device], normalize=settings.normalize))
+        embedders.append(
+            Embedder(
+                models[device],
+                normalize=settings.normalize,
+                max_video_seconds=settings.max_video_seconds,
+                max_audio_seconds=settings.max_audio_seconds,
+            )
+        )
     return embedders
 
 
@@ -126,10 +108,6 @@ class Engine:
             max_workers=settings.preprocess_workers or os.cpu_count() or 2,
             thread_name_prefix="preprocess",
         )
-        self._loaders = {
-            m: loader_for(m, settings.max_video_seconds, settings.max_audio_seconds)
-            for m in Modality
-        }
 
     @property
     def max_request_items(self) -> int:
@@ -177,8 +155,9 @@ class Engine:
         first = self.embedders[0] if self.embedders else None
         return {
             "model": self.settings.model,
-            "checkpoint": "random" if self.settings.random_weights else
-            str(self.settings.checkpoint or "default"),
+            "checkpoint": "random"
+            if self.settings.random_weights
+            else str(self.settings.checkpoint or "default"),
             "embeddingDim": first.model.config.out_embed_dim if first else None,
             "modalities": [m.value for m in Modality],
             "devices": [str(e.device) for e in self.embedders],
@@ -188,7 +167,7 @@ class Engine:
             "maxBatchViews": self.settings.max_batch,
             "state": self.state,
             "version": __version__,
-        }  # fmt: skip
+        }
 
     def prepare(self, modality: Modality, index: int, raw: str | bytes) -> torch.Tensor:
         """One wire item → model input (runs in the worker pool)."""
@@ -197,10 +176,10 @@ class Engine:
             data = raw
         else:
             try:
-                data = decode_base64(raw)
+                data = media_bytes(raw)
             except MediaError as err:
                 raise InputError(modality.value, index, str(err)) from None
-        tensor = load_item(modality, data, index, self._loaders[modality])
+        tensor = self.embedders[0].preprocessor.load_item(modality, data, index)
         self.metrics.preprocess_seconds.labels(modality.value).observe(
             time.perf_counter() - started
         )

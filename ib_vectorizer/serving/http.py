@@ -72,9 +72,10 @@ def parse_vectorize_body(body: bytes, max_items: int) -> dict[Modality, list[str
         for index, value in enumerate(values):
             if not isinstance(value, str):
                 raise RequestError(
-                    400, f"{key}[{index}]: must be a string, not {type(value).__name__}",
+                    400,
+                    f"{key}[{index}]: must be a string, not {type(value).__name__}",
                     "bad_request",
-                )  # fmt: skip
+                )
         items[modality] = values
     count = sum(map(len, items.values()))
     if count > max_items:

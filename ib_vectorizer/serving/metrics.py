@@ -42,17 +42,26 @@ class ServerMetrics:
         self.errors = Counter("ib_errors", "Failed requests by kind", ["kind"], registry=r)
         self.items = Counter("ib_items_embedded", "Items embedded", ["modality"], registry=r)
         self.preprocess_seconds = Histogram(
-            "ib_preprocess_seconds", "Decode time per item", ["modality"], buckets=_SECONDS,
+            "ib_preprocess_seconds",
+            "Decode time per item",
+            ["modality"],
+            buckets=_SECONDS,
             registry=r,
-        )  # fmt: skip
+        )
         self.queue_wait_seconds = Histogram(
-            "ib_queue_wait_seconds", "Time from queued to batched", ["modality"], buckets=_SECONDS,
+            "ib_queue_wait_seconds",
+            "Time from queued to batched",
+            ["modality"],
+            buckets=_SECONDS,
             registry=r,
-        )  # fmt: skip
+        )
         self.compute_seconds = Histogram(
-            "ib_compute_seconds", "Model time per batch", ["modality", "device"],
-            buckets=_SECONDS, registry=r,
-        )  # fmt: skip
+            "ib_compute_seconds",
+            "Model time per batch",
+            ["modality", "device"],
+            buckets=_SECONDS,
+            registry=r,
+        )
         self.batch_items = Histogram(
             "ib_batch_items", "Items per batch", ["modality"], buckets=_SIZES, registry=r
         )

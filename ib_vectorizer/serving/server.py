@@ -66,8 +66,9 @@ async def _wait_idle(engine: Engine, timeout_s: float) -> None:
     while engine.in_flight and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
     if engine.in_flight:
-        log.warning("%d request(s) still in flight after %g s; stopping anyway",
-                    engine.in_flight, timeout_s)  # fmt: skip
+        log.warning(
+            "%d request(s) still in flight after %g s; stopping anyway", engine.in_flight, timeout_s
+        )
 
 
 async def _wait_for(event: threading.Event) -> None:

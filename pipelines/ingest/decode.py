@@ -7,6 +7,7 @@ the bundle carries on.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from ib_vectorizer.errors import InputError
 from ib_vectorizer.modalities import Modality
-from ib_vectorizer.preprocess import load_item, loader_for
+from ib_vectorizer.preprocess import Preprocessor
 
 from .objects import Failure, FieldValue, SourceObject
 
@@ -40,6 +41,16 @@ class ReadyObject:
         """Encoder passes this object costs, for sizing batches."""
         return max(1, sum(self.modalities[name].views_per_item for name in self.media))
 
+    def num_bytes(self) -> int:
+        """Raw media plus decoded model inputs: what this object holds in memory."""
+        raw = sum(len(content) for content in self.media.values())
+        return raw + sum(t.numel() * t.element_size() for t in self.inputs.values())
+
+    def wire_item(self, name: str) -> str:
+        """Field ``name`` as Weaviate stores and sends it: text as is, media as base64."""
+        content = self.media[name]
+        return content if isinstance(content, str) else base64.b64encode(content).decode("ascii")
+
 
 def read_field(value: FieldValue) -> bytes | str:
     """The field's content: text as str, media as bytes (from a URI or inline)."""
@@ -57,9 +68,9 @@ def read_field(value: FieldValue) -> bytes | str:
 class ReadAndDecode(beam.DoFn):
     """SourceObject → ReadyObject, or a Failure on the ``failures`` output."""
 
-    def __init__(self, preprocess: bool, max_video_seconds: float | None = 600.0) -> None:
-        self.preprocess = preprocess
-        self.max_video_seconds = max_video_seconds
+    def __init__(self, preprocessor: Preprocessor | None) -> None:
+        """``preprocessor``: the model's (local embedding), or None to keep the raw bytes."""
+        self.preprocessor = preprocessor
         self.decoded = beam.metrics.Metrics.counter("ib_ingest", "decoded")
         self.failed = beam.metrics.Metrics.counter("ib_ingest", "failed")
 
@@ -80,12 +91,11 @@ class ReadAndDecode(beam.DoFn):
             modalities={name: value.modality for name, value in obj.fields.items()},
             uris={name: v.uri for name, v in obj.fields.items() if v.uri is not None},
         )
-        if self.preprocess:
+        if self.preprocessor is not None:
             try:
                 for name, content in media.items():
-                    modality = ready.modalities[name]
-                    ready.inputs[name] = load_item(
-                        modality, content, 0, loader_for(modality, self.max_video_seconds)
+                    ready.inputs[name] = self.preprocessor.load_item(
+                        ready.modalities[name], content
                     )
             except InputError as err:
                 yield self._failure(obj, "decode", f"{name} ({err.modality}): {err.reason}")

@@ -11,7 +11,7 @@ which is what a GPU worker wants.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,69 +20,48 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler
 
-from ib_vectorizer.embedder import Embedder, resolve_device
+from ib_vectorizer.embedder import Embedder
 from ib_vectorizer.modalities import Modality
+from ib_vectorizer.options import ModelOptions
 
 from .decode import ReadyObject
-
-
-def has_scheme(path: str | None) -> bool:
-    return bool(path) and "://" in path
-
-
-def local_copy(uri: str) -> str:
-    """Copy a checkpoint from any Beam FileSystem (gs://, s3://, ...) to this worker once."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from apache_beam.io.filesystems import FileSystems
-
-    target = Path(tempfile.gettempdir()) / "ib_vectorizer" / Path(uri).name
-    if target.exists():
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
-    with FileSystems.open(uri) as source, partial.open("wb") as sink:
-        shutil.copyfileobj(source, sink, length=16 << 20)
-    os.replace(partial, target)
-    return str(target)
+from .paths import has_scheme, local_copy
 
 
 @dataclass
 class EmbeddedObject:
     ready: ReadyObject
     vectors: dict[str, np.ndarray]  # property → unit vector
+    error: str | None = None  # why this one object could not be embedded (a dead letter)
+
+
+def batching_by_views(max_batch_views: int) -> dict[str, Any]:
+    """BatchElements arguments: batches sized in encoder passes (an audio field 3, a video 15)."""
+    return {"max_batch_size": max_batch_views, "element_size_fn": lambda o: o.views}
+
+
+def batch_num_bytes(batch: Sequence[ReadyObject]) -> int:
+    """What a batch weighs, for Beam's metrics, counted without pickling it."""
+    return sum(obj.num_bytes() for obj in batch)
 
 
 class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder]):
     def __init__(
         self,
-        model: str,
-        checkpoint: str | None,
-        device: str | None = None,
-        dtype: str | None = None,
+        model: ModelOptions,
         max_batch_views: int = 64,
         share_across_processes: bool = False,
     ) -> None:
         super().__init__()
-        self.model_name = model
-        self.checkpoint = checkpoint
-        self.device = device
-        self.dtype = dtype
+        self.model = model
         self.max_batch_views = max_batch_views
         self._share = share_across_processes
 
     def load_model(self) -> Embedder:
-        from ib_vectorizer.checkpoints import resolve_checkpoint
-        from ib_vectorizer.model import create_model
-
-        device = resolve_device(self.device)
-        dtype = self.dtype or ("float16" if device.type == "cuda" else "float32")
-        checkpoint = local_copy(self.checkpoint) if has_scheme(self.checkpoint) else self.checkpoint
-        model = create_model(self.model_name, checkpoint=resolve_checkpoint(checkpoint),
-                             device=device, dtype=getattr(torch, dtype))  # fmt: skip
-        return Embedder(model, normalize=True)
+        options = self.model
+        if has_scheme(options.checkpoint):  # gs://, s3://, ...: copied to this worker once
+            options = dataclasses.replace(options, checkpoint=local_copy(options.checkpoint))
+        return Embedder(options.create(), normalize=True)
 
     def run_inference(
         self,
@@ -92,8 +71,12 @@ class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder])
     ) -> Iterable[EmbeddedObject]:
         vectors: list[dict[str, np.ndarray]] = [{} for _ in batch]
         for modality in Modality:
-            slots = [(i, name) for i, obj in enumerate(batch)
-                     for name, m in obj.modalities.items() if m is modality]  # fmt: skip
+            slots = [
+                (i, name)
+                for i, obj in enumerate(batch)
+                for name, m in obj.modalities.items()
+                if m is modality
+            ]
             per_chunk = max(1, self.max_batch_views // modality.views_per_item)
             for start in range(0, len(slots), per_chunk):
                 chunk = slots[start : start + per_chunk]
@@ -104,8 +87,10 @@ class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder])
         return [EmbeddedObject(obj, v) for obj, v in zip(batch, vectors, strict=True)]
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        # Batches are sized in encoder passes: an audio field costs 3, a video 15.
-        return {"max_batch_size": self.max_batch_views, "element_size_fn": lambda o: o.views}
+        return batching_by_views(self.max_batch_views)
+
+    def get_num_bytes(self, batch: Sequence[ReadyObject]) -> int:
+        return batch_num_bytes(batch)
 
     def share_model_across_processes(self) -> bool:
         return self._share

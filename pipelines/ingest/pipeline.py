@@ -12,7 +12,6 @@ dead-letter file with the stage and the reason, and the job still finishes.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -25,13 +24,16 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from ib_vectorizer.modalities import Modality
+from ib_vectorizer.options import ModelOptions, add_flags, from_sources
+from ib_vectorizer.preprocess import Preprocessor
 
 from ..schema import SOURCE_ID, MediaField, combine_like_weaviate, create_bind_collection
 from .decode import FAILURES, ReadAndDecode, ReadyObject
-from .model_handler import ImageBindModelHandler
+from .inputs import InputSpec, parse_modality_columns, plan_fields
+from .model_handler import EmbeddedObject, ImageBindModelHandler
 from .objects import Failure
-from .server_embed import EmbedWithServer
-from .sources import InputSpec, ReadObjects, parse_modality_columns, plan_fields
+from .server_embed import ServerModelHandler
+from .sources import ReadObjects
 from .write import WeaviateObject, WeaviateTarget, WriteToWeaviate
 
 log = logging.getLogger("ib_ingest")
@@ -47,13 +49,11 @@ class IngestConfig:
     collection: str
     embed: str  # local | server | weaviate
     fields: tuple[MediaField, ...]
-    model: str
-    checkpoint: str | None
+    model: ModelOptions
     vectorizer_url: str | None
     batch_size: int
     max_batch_views: int
     store_uri: bool
-    device: str | None
     share_model: bool
 
 
@@ -72,7 +72,7 @@ def to_weaviate_object(
             if name in ready.uris:
                 properties[f"{name}_uri"] = ready.uris[name]
         else:
-            properties[name] = base64.b64encode(content).decode()
+            properties[name] = ready.wire_item(name)
     vector = None
     configured = {f.name for f in config.fields}
     vectors = {k: v for k, v in (vectors or {}).items() if k in configured}
@@ -80,9 +80,13 @@ def to_weaviate_object(
         vector = combine_like_weaviate(vectors, config.fields).tolist()
         EMBEDDED.inc()
     return WeaviateObject(
-        uuid=str(generate_uuid5(ready.source_id)), source_id=ready.source_id,
-        source=ready.source, properties=properties, vector=vector, vector_name=VECTOR_NAME,
-    )  # fmt: skip
+        uuid=str(generate_uuid5(ready.source_id)),
+        source_id=ready.source_id,
+        source=ready.source,
+        properties=properties,
+        vector=vector,
+        vector_name=VECTOR_NAME,
+    )
 
 
 FAILED = beam.metrics.Metrics.counter("ib_ingest", "failed")
@@ -96,41 +100,54 @@ def _batch_failures(failed) -> list[Failure]:
     return [Failure(o.source_id, o.source, "embed", str(reason)) for o in batch]
 
 
+class _Combine(beam.DoFn):
+    """Embedded objects → Weaviate objects; an object the model could not embed → a Failure."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        self.config = config
+
+    def process(self, embedded: EmbeddedObject):
+        if embedded.error is not None:
+            FAILED.inc()
+            ready = embedded.ready
+            failure = Failure(ready.source_id, ready.source, "embed", embedded.error)
+            yield beam.pvalue.TaggedOutput(FAILURES, failure)
+            return
+        yield to_weaviate_object(embedded.ready, embedded.vectors, self.config)
+
+
 def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget):
     """Add the ingestion steps to ``pipeline``; returns the PCollection of all failures."""
     read = pipeline | "Read" >> ReadObjects(config.spec)
-    decoded = read.objects | "Decode" >> beam.ParDo(
-        ReadAndDecode(preprocess=config.embed == "local")
-    ).with_outputs(FAILURES, main="ready")
+    # Local embedding preprocesses here, in parallel, with the model's own geometry.
+    preprocessor = (
+        Preprocessor.for_model(config.model.config()) if config.embed == "local" else None
+    )
+    decoded = read.objects | "Decode" >> beam.ParDo(ReadAndDecode(preprocessor)).with_outputs(
+        FAILURES, main="ready"
+    )
     failures = [read.failures, decoded[FAILURES]]
 
-    if config.embed == "local":
-        handler = ImageBindModelHandler(
-            config.model, config.checkpoint, device=config.device,
-            max_batch_views=config.max_batch_views, share_across_processes=config.share_model,
-        )  # fmt: skip
-        from apache_beam.ml.inference.base import RunInference
-
-        embedded, dlq = decoded.ready | "Embed" >> RunInference(handler).with_exception_handling()
-        failures.append(dlq.failed_inferences | "EmbedFailures" >> beam.FlatMap(_batch_failures))
-        objects = embedded | "Combine" >> beam.Map(
-            lambda e: to_weaviate_object(e.ready, e.vectors, config)
-        )
-    elif config.embed == "server":
-        batches = decoded.ready | "Batch" >> beam.BatchElements(
-            max_batch_size=config.max_batch_views, element_size_fn=lambda o: o.views
-        )
-        embedded = batches | "EmbedWithServer" >> beam.ParDo(
-            EmbedWithServer(config.vectorizer_url)
-        ).with_outputs(FAILURES, main="embedded")
-        failures.append(embedded[FAILURES])
-        objects = embedded.embedded | "Combine" >> beam.Map(
-            lambda e: to_weaviate_object(e.ready, e.vectors, config)
-        )
-    else:  # weaviate: Weaviate calls the module itself
+    if config.embed == "weaviate":  # Weaviate calls the module itself
         objects = decoded.ready | "AsObjects" >> beam.Map(
             lambda r: to_weaviate_object(r, None, config)
         )
+    else:
+        from apache_beam.ml.inference.base import RunInference
+
+        if config.embed == "local":
+            handler = ImageBindModelHandler(
+                config.model, config.max_batch_views, share_across_processes=config.share_model
+            )
+        else:
+            handler = ServerModelHandler(config.vectorizer_url, config.max_batch_views)
+        embedded, dlq = decoded.ready | "Embed" >> RunInference(handler).with_exception_handling()
+        failures.append(dlq.failed_inferences | "EmbedFailures" >> beam.FlatMap(_batch_failures))
+        combined = embedded | "Combine" >> beam.ParDo(_Combine(config)).with_outputs(
+            FAILURES, main="objects"
+        )
+        failures.append(combined[FAILURES])
+        objects = combined.objects
     failures.append(objects | "WriteToWeaviate" >> WriteToWeaviate(target, config.batch_size))
     return tuple(failures) | "AllFailures" >> beam.Flatten()
 
@@ -173,14 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weaviate-api-key", default=os.environ.get("WEAVIATE_API_KEY"))
     p.add_argument("--embed", choices=("local", "server", "weaviate"), default="local")
     p.add_argument("--vectorizer-url", help="for --embed server (default: the local stack's)")
-    p.add_argument("--model", default=os.environ.get("IB_MODEL", "imagebind_huge"))
-    p.add_argument("--checkpoint", default=os.environ.get("IB_CHECKPOINT"))
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    p.add_argument("--dead-letter", default="ib-ingest-failures.jsonl",
-                   help="JSONL or .parquet file for items that failed")  # fmt: skip
+    add_flags(
+        p.add_argument_group("model (--embed local, and the local stack's server)"), ModelOptions
+    )
+    p.add_argument(
+        "--dead-letter",
+        default="ib-ingest-failures.jsonl",
+        help="JSONL or .parquet file for items that failed",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="objects per Weaviate write")
-    p.add_argument("--max-batch-views", type=int, default=64,
-                   help="encoder passes per model batch (audio 3, video 15)")  # fmt: skip
+    p.add_argument(
+        "--max-batch-views",
+        type=int,
+        default=64,
+        help="encoder passes per model batch (audio 3, video 15)",
+    )
     p.add_argument("--weights", default="", help="field weights, e.g. image=0.7,text=0.3")
     p.add_argument(
         "--store-uri",
@@ -227,10 +251,14 @@ def summarize(result, started: float, dead_letter: str) -> dict[str, int]:
     failed = counts["failed"] + counts["read_failed"]
     log.info(
         "done in %.1f s: read %d, embedded %d, written %d, failed %d (%.1f objects/s)%s",
-        elapsed, counts["read"], counts["embedded"], counts["written"], failed,
+        elapsed,
+        counts["read"],
+        counts["embedded"],
+        counts["written"],
+        failed,
         counts["written"] / max(elapsed, 1e-9),
         f"; failures in {dead_letter}" if failed else "",
-    )  # fmt: skip
+    )
     return counts
 
 
@@ -255,13 +283,12 @@ def run(args, beam_args: list[str], spec: InputSpec, fields: tuple[MediaField, .
 
     from ..stack import LocalStack
 
+    model = from_sources(ModelOptions, args)
     with ExitStack() as resources:
         if args.weaviate_url:
             url, grpc_port, vectorizer = args.weaviate_url, args.grpc_port, args.vectorizer_url
         else:
-            stack = resources.enter_context(
-                LocalStack(args.data_dir, model=args.model, checkpoint=args.checkpoint)
-            )
+            stack = resources.enter_context(LocalStack(args.data_dir, model))
             url, grpc_port = stack.endpoints.weaviate_http, stack.endpoints.weaviate_grpc_port
             vectorizer = args.vectorizer_url or stack.endpoints.vectorizer
         if args.embed == "server" and not vectorizer:
@@ -269,12 +296,17 @@ def run(args, beam_args: list[str], spec: InputSpec, fields: tuple[MediaField, .
         target = WeaviateTarget(url, grpc_port, args.collection, args.weaviate_api_key)
         prepare_collection(target, fields, args.store_uri)
         config = IngestConfig(
-            spec=spec, collection=args.collection, embed=args.embed, fields=fields,
-            model=args.model, checkpoint=args.checkpoint, vectorizer_url=vectorizer,
-            batch_size=args.batch_size, max_batch_views=args.max_batch_views,
-            store_uri=args.store_uri, device=args.device,
+            spec=spec,
+            collection=args.collection,
+            embed=args.embed,
+            fields=fields,
+            model=model,
+            vectorizer_url=vectorizer,
+            batch_size=args.batch_size,
+            max_batch_views=args.max_batch_views,
+            store_uri=args.store_uri,
             share_model=args.share_model_across_processes,
-        )  # fmt: skip
+        )
         started = time.perf_counter()
         pipeline = beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
         write_dead_letters(build(pipeline, config, target), args.dead_letter)

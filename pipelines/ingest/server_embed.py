@@ -1,73 +1,82 @@
 """Embedding through a running ``ib-vectorizer serve`` (``--embed server``).
 
-Batches of objects go to ``POST /vectorize`` as one request per batch, every
-field in its modality's list. A 400 names one bad item, so on a 400 the batch
-is retried object by object and only the bad objects fail; 503 and network
-errors are retried with backoff.
+:class:`ServerModelHandler` is a Beam ``RemoteModelHandler``, so RunInference
+brings Beam's own handling of a remote endpoint: retries with exponential
+backoff and jitter, and client-side throttling when the server keeps
+answering 503. A batch of objects goes to ``POST /vectorize`` as one request,
+every field in its modality's list. A 400 names one bad item and a 413 says
+the batch is too large, and neither is worth retrying: then the batch is sent
+again object by object, so only the bad objects fail, each with the server's
+message, and the rest get their vectors.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-import apache_beam as beam
 import numpy as np
+from apache_beam.ml.inference.base import RemoteModelHandler
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.serving.protocol import RESPONSE_KEYS, WIRE_NAME
 
-from .decode import FAILURES, ReadyObject
-from .model_handler import EmbeddedObject
-from .objects import Failure
+from .decode import ReadyObject
+from .model_handler import EmbeddedObject, batch_num_bytes, batching_by_views
 
-RETRIES = 5
+ISOLATE = (400, 413)  # the request names a bad item, or is too large: split it
 
 
 class VectorizerError(Exception):
+    """An answer other than 200 (``status`` 0: no answer at all)."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
+def worth_retrying(err: Exception) -> bool:
+    """No answer, 429 or a 5xx (a restarting or overloaded server); never a 4xx verdict."""
+    if isinstance(err, VectorizerError):
+        return err.status == 0 or err.status == 429 or err.status >= 500
+    return True
+
+
 def post_vectorize(url: str, payload: dict, timeout: float = 300.0) -> dict:
-    """One request, retried on 503/5xx and connection errors; 4xx raises at once."""
-    body = json.dumps(payload).encode()
-    for attempt in range(RETRIES):
-        request = urllib.request.Request(f"{url}/vectorize", data=body,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            message = err.read().decode(errors="replace")
-            with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                message = json.loads(message).get("error", message)
-            if err.code < 500 or attempt == RETRIES - 1:
-                raise VectorizerError(err.code, message) from None
-        except OSError as err:
-            if attempt == RETRIES - 1:
-                raise VectorizerError(0, f"vectorizer at {url} unreachable: {err}") from None
-        time.sleep(min(2**attempt * 0.5, 10))
-    raise AssertionError("unreachable")
+    """One ``/vectorize`` request; any failure is a :class:`VectorizerError`."""
+    request = urllib.request.Request(
+        f"{url}/vectorize",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        message = err.read().decode(errors="replace")
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            message = json.loads(message).get("error", message)
+        raise VectorizerError(err.code, message) from None
+    except OSError as err:
+        raise VectorizerError(0, f"vectorizer at {url} unreachable: {err}") from None
 
 
 def embed_via_server(url: str, objects: Sequence[ReadyObject]) -> list[EmbeddedObject]:
+    """All fields of ``objects`` in one request; their vectors, object by object."""
     payload: dict[str, list[str]] = {}
     slots: list[tuple[int, str, Modality]] = []
     for i, obj in enumerate(objects):
-        for name, content in obj.media.items():
+        for name in obj.media:
             modality = obj.modalities[name]
-            item = content if modality is Modality.TEXT else base64.b64encode(content).decode()
-            payload.setdefault(WIRE_NAME[modality], []).append(item)
+            payload.setdefault(WIRE_NAME[modality], []).append(obj.wire_item(name))
             slots.append((i, name, modality))
     answer = post_vectorize(url, payload)
-    taken = {modality: 0 for modality in Modality}
+    taken = dict.fromkeys(Modality, 0)
     vectors: list[dict[str, np.ndarray]] = [{} for _ in objects]
     for i, name, modality in slots:
         vector = answer[RESPONSE_KEYS[modality]][taken[modality]]
@@ -76,25 +85,44 @@ def embed_via_server(url: str, objects: Sequence[ReadyObject]) -> list[EmbeddedO
     return [EmbeddedObject(obj, v) for obj, v in zip(objects, vectors, strict=True)]
 
 
-class EmbedWithServer(beam.DoFn):
-    """A batch of ReadyObjects → EmbeddedObjects (``failures`` output for bad ones)."""
+@dataclass(frozen=True)
+class Vectorizer:
+    """The "model" of the remote handler: where the server is."""
 
-    def __init__(self, url: str) -> None:
+    url: str
+
+
+class ServerModelHandler(RemoteModelHandler[ReadyObject, EmbeddedObject, Vectorizer]):
+    def __init__(self, url: str, max_batch_views: int = 64, num_retries: int = 5) -> None:
+        super().__init__(
+            namespace="ib_ingest_server", num_retries=num_retries, retry_filter=worth_retrying
+        )
         self.url = url.rstrip("/")
-        self.failed = beam.metrics.Metrics.counter("ib_ingest", "failed")
+        self.max_batch_views = max_batch_views
 
-    def process(self, batch: list[ReadyObject]):
+    def create_client(self) -> Vectorizer:
+        return Vectorizer(self.url)
+
+    def request(
+        self,
+        batch: Sequence[ReadyObject],
+        model: Vectorizer,
+        inference_args: dict[str, Any] | None = None,
+    ) -> list[EmbeddedObject]:
         try:
-            results = embed_via_server(self.url, batch)
+            return embed_via_server(model.url, batch)
         except VectorizerError as err:
-            # 400 names one bad item, 413 says the batch is too big: retry one by one.
-            if err.status not in (400, 413) or len(batch) == 1:
-                for obj in batch:
-                    self.failed.inc()
-                    failure = Failure(obj.source_id, obj.source, "embed", str(err))
-                    yield beam.pvalue.TaggedOutput(FAILURES, failure)
-                return
-            for obj in batch:  # isolate the bad object(s)
-                yield from self.process([obj])
-            return
-        yield from results
+            if err.status not in ISOLATE:
+                raise  # retried by RunInference, then dead-lettered with the batch
+            if len(batch) == 1:
+                return [EmbeddedObject(batch[0], {}, error=str(err))]
+        return [self.request([obj], model)[0] for obj in batch]
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return batching_by_views(self.max_batch_views)
+
+    def get_num_bytes(self, batch: Sequence[ReadyObject]) -> int:
+        return batch_num_bytes(batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "ib_ingest_inference"

@@ -4,7 +4,7 @@ One weaviate-client per DoFn instance (``setup``/``teardown``); objects are
 buffered and written with ``insert_many`` (one gRPC batch call) when the buffer
 is full and at the end of every bundle. An object's uuid is
 ``generate_uuid5(source_id)``, so writing it again replaces it. Connection
-errors and timeouts are retried with exponential backoff; an object Weaviate
+errors and timeouts are retried with exponential backoff and jitter; an object Weaviate
 rejects goes to the ``failures`` output with Weaviate's message.
 """
 
@@ -18,6 +18,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
+from ib_vectorizer.retry import Backoff, call_with_retries, first_line
+
 from ..connection import connect_weaviate
 from .objects import Failure
 
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 
 FAILURES = "failures"
 MAX_BATCH_BYTES = 48 * 1024 * 1024  # well under the client's ~100 MB gRPC message cap
-RETRIES = 5
+BACKOFF = Backoff(attempts=5, base_s=1.0, max_s=30.0)
 PROGRESS_EVERY_S = 10.0
 
 
@@ -106,21 +108,24 @@ class _WriteDoFn(beam.DoFn):
         from weaviate.classes.data import DataObject
 
         objects = [
-            DataObject(properties=o.properties, uuid=o.uuid,
-                       vector={o.vector_name: o.vector} if o.vector is not None else None)
+            DataObject(
+                properties=o.properties,
+                uuid=o.uuid,
+                vector={o.vector_name: o.vector} if o.vector is not None else None,
+            )
             for o in batch
-        ]  # fmt: skip
-        for attempt in range(RETRIES):
-            try:
-                result = self._collection.data.insert_many(objects)
-                break
-            except Exception as err:  # connection reset, timeout, 503 from a busy node
-                if attempt == RETRIES - 1:
-                    return [(o, f"write failed after {RETRIES} tries: {err}") for o in batch]
-                delay = min(2**attempt, 30)
-                log.warning("writing %d objects failed (%s); retrying in %d s", len(batch),
-                            str(err).splitlines()[0], delay)  # fmt: skip
-                time.sleep(delay)
+        ]
+        try:  # any exception is transient here: a reset connection, a timeout, a busy node
+            result = call_with_retries(
+                lambda: self._collection.data.insert_many(objects),
+                retryable=lambda err: True,
+                backoff=BACKOFF,
+                what=f"writing {len(batch)} objects",
+                log=log,
+            )
+        except Exception as err:
+            reason = f"write failed after {BACKOFF.attempts} tries: {first_line(err)}"
+            return [(o, reason) for o in batch]
         failed = [(batch[i], error.message) for i, error in result.errors.items()]
         self.written.inc(len(batch) - len(failed))
         self._count += len(batch) - len(failed)
