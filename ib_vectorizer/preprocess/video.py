@@ -104,7 +104,6 @@ def load_video(
         picks = [clip.picks(frames_per_clip) for clip in clips]
         if all(clip.holds(chosen) for clip, chosen in zip(clips, picks, strict=True)):
             return frames_to_views(clips, picks, size)
-        del clips
     # Frames between a clip's first and last are picked: decode again, keeping just those.
     with open_video(data) as container:
         stream = first_video_stream(container)
@@ -275,12 +274,19 @@ def decode_clip_frames(
     ]
     stop_all = max(stop for _, stop in windows)
     seen = False
-    for pts, frame in decoded_frames(container, stream):
-        seen = True
-        for clip in clips:
-            clip.offer(pts, frame)
-        if pts >= stop_all:
-            break  # past the last clip: no more frames are needed
+    try:
+        for pts, frame in decoded_frames(container, stream):
+            seen = True
+            for clip in clips:
+                clip.offer(pts, frame)
+            if pts >= stop_all:
+                break  # past the last clip: no more frames are needed
+    finally:
+        # Let the decoder threads finish the packets they still hold, with the GIL
+        # released. Freed while busy, a threaded decoder waits for them holding the
+        # GIL, and deadlocks if one of them logs through PyAV's Python log callback
+        # (enabled once torchvision is imported).
+        stream.codec_context.flush_buffers()
     if not seen:
         raise MediaError("video has no frames")
     return clips
