@@ -256,7 +256,3 @@ class ModelOptions:
             device=target,
             dtype=self.torch_dtype(target),
         )
-
-    def model_options(self) -> ModelOptions:
-        """Just the model options of a larger settings object (for a child process)."""
-        return ModelOptions(**{o.name: getattr(self, o.name) for o in options_of(ModelOptions)})

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 READY_PATH = "/.well-known/ready"
@@ -78,6 +78,37 @@ def tail(path: Path | None, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(no output)"
 
 
+def wait_until_answered(
+    process: subprocess.Popen,
+    url: str,
+    answered: Callable[[int | None], bool],
+    name: str,
+    log_path: Path | None,
+    timeout_s: float = READY_TIMEOUT_S,
+) -> None:
+    """Poll ``url`` until its HTTP status satisfies ``answered``.
+
+    Raises :class:`ServerStartError`, ending with the tail of ``log_path``, if
+    ``process`` exits first or ``timeout_s`` passes.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = process.poll()
+        if code is not None:
+            raise ServerStartError(
+                f"the {name} exited with status {code} during start-up; "
+                f"its output ends with:\n{tail(log_path)}"
+            )
+        if answered(http_status(url, timeout=2.0)):
+            return
+        if time.monotonic() > deadline:
+            raise ServerStartError(
+                f"the {name} was not ready after {timeout_s:g} s; "
+                f"its output ends with:\n{tail(log_path)}"
+            )
+        time.sleep(0.05)
+
+
 class ServerProcess:
     """``with ServerProcess({"IB_MODEL": ...}) as server: server.wait_ready(); server.url``
 
@@ -128,22 +159,14 @@ class ServerProcess:
     def wait_for(self, path: str, status: int, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Poll ``path`` until it answers ``status``; fail with the server's output if it exits."""
         assert self.process is not None, "start() first"
-        deadline = time.monotonic() + timeout_s
-        while True:
-            code = self.process.poll()
-            if code is not None:
-                raise ServerStartError(
-                    f"the {self.name} exited with status {code} during start-up; "
-                    f"its output ends with:\n{self.log_tail()}"
-                )
-            if http_status(self.url + path, timeout=2.0) == status:
-                return
-            if time.monotonic() > deadline:
-                raise ServerStartError(
-                    f"the {self.name} was not ready after {timeout_s:g} s; "
-                    f"its output ends with:\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
+        wait_until_answered(
+            self.process,
+            self.url + path,
+            lambda got: got == status,
+            self.name,
+            self.log_path,
+            timeout_s,
+        )
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         self.wait_for(READY_PATH, 204, timeout_s)

@@ -23,20 +23,18 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ib_vectorizer.options import ModelOptions, add_flags, as_env, from_sources
 from ib_vectorizer.server_process import (
-    READY_TIMEOUT_S,
     ServerProcess,
     ServerStartError,
     die_with_parent,
     free_ports,
-    http_status,
     tail,
+    wait_until_answered,
 )
 
 from .provision import WEAVIATE_VERSION, embedded_binary_path
@@ -240,18 +238,17 @@ class LocalStack:
                 preexec_fn=die_with_parent,
             )
 
-    def _wait_for_weaviate(self, url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._weaviate.poll() is not None:
-                raise StackError(
-                    f"weaviate exited with status {self._weaviate.returncode} during start-up:\n"
-                    + self.log_tail("weaviate")
-                )
-            if (http_status(url, timeout=2.0) or 0) // 100 == 2:
-                return
-            time.sleep(0.1)
-        raise StackError(f"weaviate not ready after {timeout_s:g} s:\n{self.log_tail('weaviate')}")
+    def _wait_for_weaviate(self, url: str) -> None:
+        try:
+            wait_until_answered(
+                self._weaviate,
+                url,
+                lambda status: (status or 0) // 100 == 2,
+                "weaviate",
+                self.log_path("weaviate"),
+            )
+        except ServerStartError as err:
+            raise StackError(str(err)) from None
 
 
 # ---------------------------------------------------------------------------- ib-stack

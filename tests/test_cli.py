@@ -14,6 +14,7 @@ from .fixture_data import FIXTURE, INPUTS
 
 CONFIG = FIXTURE / "config.json"
 WEIGHTS = FIXTURE / "state_dict.pt"
+TINY = ["--model", str(CONFIG), "--checkpoint", str(WEIGHTS)]
 # Video is decoded by a different build of FFmpeg than the reference's, so a
 # frame may round differently: a looser bound for video.
 MIN_COSINE = {"video": 0.999}
@@ -35,10 +36,7 @@ def embed(tmp_path: Path, modality: str, inputs: list[str], *extra: str) -> np.n
         "embed",
         "--modality",
         modality,
-        "--model",
-        str(CONFIG),
-        "--checkpoint",
-        str(WEIGHTS),
+        *TINY,
         "--output",
         str(out),
         *extra,
@@ -93,10 +91,7 @@ def test_undecodable_input_exits_2_naming_the_file_and_writes_nothing(tmp_path):
         "embed",
         "--modality",
         "audio",
-        "--model",
-        str(CONFIG),
-        "--checkpoint",
-        str(WEIGHTS),
+        *TINY,
         "--output",
         str(out),
         str(INPUTS / "tone_16k_mono.wav"),
@@ -115,10 +110,7 @@ def test_missing_input_file_exits_2(tmp_path):
         "embed",
         "--modality",
         "vision",
-        "--model",
-        str(CONFIG),
-        "--checkpoint",
-        str(WEIGHTS),
+        *TINY,
         "--output",
         str(tmp_path / "o.npy"),
         str(missing),

@@ -60,10 +60,17 @@ def dataset(tmp_path_factory):
     return root
 
 
-def run_ingest(stack, *args: str) -> int:
+def run_ingest(stack, source, collection: str, dead_letter, *args: str) -> int:
+    """``ib-ingest`` of ``source`` into ``collection`` of the test stack, on the tiny model."""
     e = stack.endpoints
     return ingest(
         [
+            "--input",
+            str(source),
+            "--collection",
+            collection,
+            "--dead-letter",
+            str(dead_letter),
             "--weaviate-url",
             e.weaviate_http,
             "--grpc-port",
@@ -111,12 +118,7 @@ def read_failures(path) -> list[dict]:
 
 def test_directory_of_all_modalities(stack, client, dataset, tmp_path):
     failures = tmp_path / "failures.jsonl"
-    assert (
-        run_ingest(
-            stack, "--input", str(dataset), "--collection", "Dir", "--dead-letter", str(failures)
-        )
-        == 0
-    )
+    assert run_ingest(stack, str(dataset), "Dir", str(failures)) == 0
     assert read_failures(failures) == []
     expected_ids = [*DIRECTORY_FILES, "text/note.txt"]
     assert count(client, "Dir") == len(expected_ids)
@@ -137,12 +139,7 @@ def test_directory_of_all_modalities(stack, client, dataset, tmp_path):
     assert photo.objects[0].metadata.distance < 1e-4
 
     # The same job again: replaced, not duplicated.
-    assert (
-        run_ingest(
-            stack, "--input", str(dataset), "--collection", "Dir", "--dead-letter", str(failures)
-        )
-        == 0
-    )
+    assert run_ingest(stack, str(dataset), "Dir", str(failures)) == 0
     assert count(client, "Dir") == len(expected_ids)
 
 
@@ -199,12 +196,7 @@ def test_manifests_with_several_fields_per_object(stack, client, dataset, tmp_pa
     manifest = write_manifest(kind, dataset, rows)
     name = f"Manifest{kind.capitalize()}"
     failures = tmp_path / "failures.jsonl"
-    assert (
-        run_ingest(
-            stack, "--input", str(manifest), "--collection", name, "--dead-letter", str(failures)
-        )
-        == 0
-    )
+    assert run_ingest(stack, str(manifest), name, str(failures)) == 0
     assert read_failures(failures) == []
     assert count(client, name) == len(rows)
     collection = client.collections.get(name)
@@ -233,18 +225,7 @@ def test_corrupt_file_is_dead_lettered_and_the_rest_written(
     (broken / "odd.xyz").write_bytes(b"?")
     failures = tmp_path / "failures.parquet"
     with caplog.at_level(logging.INFO, logger="ib_ingest"):
-        assert (
-            run_ingest(
-                stack,
-                "--input",
-                str(broken),
-                "--collection",
-                "Broken",
-                "--dead-letter",
-                str(failures),
-            )
-            == 0
-        )
+        assert run_ingest(stack, str(broken), "Broken", str(failures)) == 0
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("done in"))
     written = len(DIRECTORY_FILES) + 1
     assert f"read {written + 1}, embedded {written}, written {written}, failed 2" in summary
@@ -262,14 +243,11 @@ def test_local_server_and_weaviate_embedding_agree(stack, client, dataset, tmp_p
         assert (
             run_ingest(
                 stack,
-                "--input",
                 str(manifest),
-                "--collection",
                 f"Mode{mode}",
+                str(tmp_path / f"{mode}.jsonl"),
                 "--embed",
                 mode,
-                "--dead-letter",
-                str(tmp_path / f"{mode}.jsonl"),
             )
             == 0
         )
@@ -284,14 +262,7 @@ def test_prism_runner_gives_the_same_result(stack, client, dataset, tmp_path):
     manifest = write_manifest("jsonl", dataset, manifest_rows(dataset))
     assert (
         run_ingest(
-            stack,
-            "--input",
-            str(manifest),
-            "--collection",
-            "OnPrism",
-            "--dead-letter",
-            str(tmp_path / "f.jsonl"),
-            "--runner=PrismRunner",
+            stack, str(manifest), "OnPrism", str(tmp_path / "f.jsonl"), "--runner=PrismRunner"
         )
         == 0
     )
@@ -327,19 +298,7 @@ def test_ingest_benchmark_command_runs_both_paths(tmp_path):
 
 def test_store_uri_keeps_the_source_uri_instead_of_the_bytes(stack, client, dataset, tmp_path):
     manifest = write_manifest("jsonl", dataset, manifest_rows(dataset))
-    assert (
-        run_ingest(
-            stack,
-            "--input",
-            str(manifest),
-            "--collection",
-            "ByUri",
-            "--store-uri",
-            "--dead-letter",
-            str(tmp_path / "f.jsonl"),
-        )
-        == 0
-    )
+    assert run_ingest(stack, str(manifest), "ByUri", str(tmp_path / "f.jsonl"), "--store-uri") == 0
     collection = client.collections.get("ByUri")
     props = collection.query.fetch_object_by_id(generate_uuid5("row-1")).properties
     assert props["image_uri"] == str(dataset / "image/cat.jpg")
@@ -364,12 +323,7 @@ def test_an_object_weaviate_rejects_is_dead_lettered_at_write(stack, client, dat
     rows[1]["year"] = "not a year"  # Weaviate refuses text in an INT property
     manifest = write_manifest("jsonl", dataset, rows)
     failures = tmp_path / "failures.jsonl"
-    assert (
-        run_ingest(
-            stack, "--input", str(manifest), "--collection", "Typed", "--dead-letter", str(failures)
-        )
-        == 0
-    )
+    assert run_ingest(stack, str(manifest), "Typed", str(failures)) == 0
     dead = read_failures(failures)
     assert [(d["id"], d["stage"]) for d in dead] == [("row-2", "write")]
     assert "year" in dead[0]["error"]

@@ -15,6 +15,7 @@ import os
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from torchvision import transforms
 from ib_vectorizer.embedder import Embedder
 from ib_vectorizer.model import ImageBindConfig, create_model, get_config
 from ib_vectorizer.preprocess import PreprocessConfig, Preprocessor
+from ib_vectorizer.preprocess.config import IMAGEBIND_HUGE
 from ib_vectorizer.preprocess.constants import CLIP_MEAN, CLIP_STD
 
 from .fixture_data import FIXTURE, INPUTS
@@ -145,7 +147,8 @@ def test_audio_fbank_has_the_model_mel_bins_and_frames(preprocessor):
     features = preprocessor.load_item("audio", data)
     assert features.shape == (3, 1, 64, 100)
     # A 2 s clip has 198 frames: 100 is a cut of the same features, not another scale.
-    longer = Preprocessor(PreprocessConfig(audio_num_mel_bins=64, audio_target_len=300))
+    longer_fbank = replace(IMAGEBIND_HUGE, audio_num_mel_bins=64, audio_target_len=300)
+    longer = Preprocessor(longer_fbank)
     uncut = longer.load_item("audio", data)
     assert torch.equal(features, uncut[..., :100])
     assert torch.all(uncut[..., 198:] == uncut[0, 0, 0, -1])  # padding only past the clip
@@ -192,7 +195,8 @@ def test_the_cli_embeds_with_the_model_geometry(config_path, embedder, tmp_path)
 
 
 def test_the_default_geometry_is_imagebind_huge():
-    assert PreprocessConfig() == PreprocessConfig.from_model(ImageBindConfig())
+    assert PreprocessConfig.from_model(ImageBindConfig()) == IMAGEBIND_HUGE
+    assert IMAGEBIND_HUGE.image_size == 224 and IMAGEBIND_HUGE.context_length == 77
     assert Preprocessor() == Preprocessor.for_model(get_config("imagebind_huge"))
 
 
@@ -258,4 +262,4 @@ def test_every_refused_field_is_named_at_once():
 )
 def test_a_geometry_that_cannot_be_produced_is_refused(changes, message):
     with pytest.raises(ValueError, match=message):
-        PreprocessConfig(**changes)
+        replace(IMAGEBIND_HUGE, **changes)

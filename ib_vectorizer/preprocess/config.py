@@ -16,10 +16,8 @@ that changes them is refused with the field's name and the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..model.config import ImageBindConfig
+from ..model.config import ImageBindConfig
 
 # The IMU CSV columns and .npy rows, in this order (Ego4D's).
 IMU_CHANNEL_NAMES = ("gyro_x", "gyro_y", "gyro_z", "accl_x", "accl_y", "accl_z")
@@ -33,7 +31,7 @@ MIN_MEL_BINS = 4
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """The sizes preprocessing follows, named as in the model config; imagebind_huge's by default.
+    """The sizes preprocessing follows, named as (and taken from) the model config.
 
     ``image_size``: images, depth and thermal maps and video crops are
     ``image_size`` pixels square. ``context_length``: token ids per text, the
@@ -43,12 +41,12 @@ class PreprocessConfig:
     channel.
     """
 
-    image_size: int = 224
-    context_length: int = 77
-    audio_num_mel_bins: int = 128
-    audio_target_len: int = 204
-    video_frames: int = 2
-    imu_samples: int = 2000
+    image_size: int
+    context_length: int
+    audio_num_mel_bins: int
+    audio_target_len: int
+    video_frames: int
+    imu_samples: int
 
     def __post_init__(self) -> None:
         smallest = {"context_length": 2, "audio_num_mel_bins": MIN_MEL_BINS}
@@ -85,9 +83,6 @@ class PreprocessConfig:
                 "preprocessing cannot follow this model config: " + "; ".join(problems)
             )
         return geometry
-
-
-IMAGEBIND_HUGE = PreprocessConfig()  # the default of every loader's size parameters
 
 
 def _model_problems(config: ImageBindConfig) -> list[str]:
@@ -148,3 +143,7 @@ def _model_problems(config: ImageBindConfig) -> list[str]:
 def _fits(size: int, kernel: int) -> bool:
     """``size`` holds a whole, non-zero number of ``kernel``-sized steps."""
     return isinstance(kernel, int) and 0 < kernel <= size and size % kernel == 0
+
+
+# The default of every loader's size parameters: the config's defaults are imagebind_huge's.
+IMAGEBIND_HUGE = PreprocessConfig.from_model(ImageBindConfig())
