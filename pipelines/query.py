@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -16,21 +17,17 @@ from pathlib import Path
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions, add_flags, from_sources
+from ib_vectorizer.retry import first_line
 
+from .command import CommandError, CommandParser, check_checkpoint, console_logging, fail
 from .connection import connect_weaviate
-
-EXIT_FAILED = 1
 
 # --near-image, --near-audio, ..., --near-text; a media label is also its NearMediaType member.
 NEAR_KINDS = [m.label for m in Modality if m is not Modality.TEXT] + ["text"]
 
 
-class QueryError(Exception):
-    """A failure worth one clear line to the user."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="ib-query", description="Search a multi2vec-bind collection by media or text."
     )
     parser.add_argument("--collection", required=True)
@@ -56,15 +53,17 @@ def connect(args: argparse.Namespace, resources: ExitStack):
             client = connect_weaviate(args.weaviate_url, args.grpc_port or 50051)
         except Exception as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise QueryError(f"cannot reach Weaviate at {args.weaviate_url}: {reason}") from None
+            raise CommandError(f"cannot reach Weaviate at {args.weaviate_url}: {reason}") from None
     else:
         from .stack import LocalStack, StackError
 
-        stack = LocalStack(args.data_dir, from_sources(ModelOptions, args))
+        model = from_sources(ModelOptions, args)
+        check_checkpoint(model)
+        stack = LocalStack(args.data_dir, model)
         try:
             resources.enter_context(stack)
         except StackError as err:
-            raise QueryError(f"cannot start the local stack: {err}") from None
+            raise CommandError(f"cannot start the local stack: {err}") from None
         client = stack.client()
     resources.callback(client.close)
     return client
@@ -75,7 +74,7 @@ def search(client, args: argparse.Namespace) -> list[dict]:
     from weaviate.classes.query import MetadataQuery, NearMediaType
 
     if not client.collections.exists(args.collection):
-        raise QueryError(f"collection {args.collection!r} does not exist")
+        raise CommandError(f"collection {args.collection!r} does not exist")
     collection = client.collections.get(args.collection)
     shown = [p.name for p in collection.config.get().properties if p.data_type != DataType.BLOB]
     options = {
@@ -94,7 +93,7 @@ def search(client, args: argparse.Namespace) -> list[dict]:
         try:
             media = Path(value).read_bytes()
         except OSError as err:
-            raise QueryError(f"cannot read {value}: {err.strerror}") from None
+            raise CommandError(f"cannot read {value}: {err.strerror}") from None
         result = collection.query.near_media(
             media=base64.b64encode(media).decode(),
             media_type=getattr(NearMediaType, kind.upper()),
@@ -126,20 +125,18 @@ def _short(value: object, width: int = 40) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    console_logging(logging.WARNING)  # stdout holds the hits; stderr only what went wrong
     args = build_parser().parse_args(argv)
     if args.limit < 1:
-        print("ib-query: --limit must be at least 1", file=sys.stderr)
-        return EXIT_FAILED
+        return fail("ib-query", "--limit must be at least 1")
     try:
         with ExitStack() as resources:
             client = connect(args, resources)
             hits = search(client, args)
-    except QueryError as err:
-        print(f"ib-query: {err}", file=sys.stderr)
-        return EXIT_FAILED
+    except (CommandError, ValueError) as err:
+        return fail("ib-query", str(err))
     except Exception as err:  # weaviate-client errors: one line, not a traceback
-        print(f"ib-query: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail("ib-query", f"{type(err).__name__}: {first_line(err)}")
     print_hits(hits, args.json)
     return 0
 

@@ -15,7 +15,6 @@ data directory survives restarts on new ports.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -37,6 +36,7 @@ from ib_vectorizer.server_process import (
     wait_until_answered,
 )
 
+from .command import CommandError, CommandParser, check_checkpoint, console_logging, fail
 from .provision import WEAVIATE_VERSION, embedded_binary_path
 
 log = logging.getLogger(__name__)
@@ -254,8 +254,8 @@ class LocalStack:
 # ---------------------------------------------------------------------------- ib-stack
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="ib-stack",
         description="Run our inference server plus a Weaviate wired to it as its multi2vec-bind "
         "vectorizer, until Ctrl-C or SIGTERM. Prints the endpoints, one per line.",
@@ -266,13 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    console_logging()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
+        model = from_sources(ModelOptions, args)
+        check_checkpoint(model)
         # Until both are ready, Ctrl-C interrupts start() itself, which stops what it started.
-        with LocalStack(args.data_dir, from_sources(ModelOptions, args)) as stack:
+        with LocalStack(args.data_dir, model) as stack:
             stop = threading.Event()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: stop.set())
@@ -284,9 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log.error("%s exited; stopping the stack:\n%s", dead, stack.log_tail(dead))
                     return 1
             log.info("stopping the stack")
-    except (StackError, ValueError) as err:
-        print(f"ib-stack: {err}", file=sys.stderr)
-        return 1
+    except (CommandError, StackError, ValueError) as err:
+        return fail("ib-stack", str(err))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

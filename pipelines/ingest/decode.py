@@ -20,6 +20,7 @@ from ib_vectorizer.modalities import Modality
 from ib_vectorizer.preprocess import Preprocessor
 
 from .objects import Failure, FieldValue, SourceObject
+from .progress import JobCounter
 
 FAILURES = "failures"
 
@@ -71,8 +72,8 @@ class ReadAndDecode(beam.DoFn):
     def __init__(self, preprocessor: Preprocessor | None) -> None:
         """``preprocessor``: the model's (local embedding), or None to keep the raw bytes."""
         self.preprocessor = preprocessor
-        self.decoded = beam.metrics.Metrics.counter("ib_ingest", "decoded")
-        self.failed = beam.metrics.Metrics.counter("ib_ingest", "failed")
+        self.decoded = JobCounter("decoded")
+        self.failed = JobCounter("failed")
 
     def process(self, obj: SourceObject):
         media: dict[str, bytes | str] = {}

@@ -27,11 +27,21 @@ from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions, add_flags, from_sources
 from ib_vectorizer.preprocess import Preprocessor
 
+from ..command import (
+    CommandError,
+    CommandParser,
+    check_checkpoint,
+    check_weaviate,
+    console_logging,
+    fail,
+)
 from ..schema import SOURCE_ID, MediaField, combine_like_weaviate, create_bind_collection
+from ..stack import StackError
 from .decode import FAILURES, ReadAndDecode, ReadyObject
 from .inputs import InputSpec, parse_modality_columns, plan_fields
 from .model_handler import EmbeddedObject, ImageBindModelHandler
 from .objects import Failure
+from .progress import COUNTERS, NAMESPACE, JobCounter, ProgressReporter
 from .server_embed import ServerModelHandler
 from .sources import ReadObjects
 from .write import WeaviateObject, WeaviateTarget, WriteToWeaviate
@@ -39,8 +49,7 @@ from .write import WeaviateObject, WeaviateTarget, WriteToWeaviate
 log = logging.getLogger("ib_ingest")
 
 VECTOR_NAME = "imagebind"
-COUNTERS = ("read", "read_failed", "decoded", "embedded", "written", "failed")
-EMBEDDED = beam.metrics.Metrics.counter("ib_ingest", "embedded")  # objects with a vector
+EMBEDDED = JobCounter("embedded")  # objects with a vector
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ def to_weaviate_object(
     )
 
 
-FAILED = beam.metrics.Metrics.counter("ib_ingest", "failed")
+FAILED = JobCounter("failed")
 
 
 def _batch_failures(failed) -> list[Failure]:
@@ -172,7 +181,7 @@ def write_dead_letters(failures, path: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="ib-ingest",
         description="Embed a dataset of images, video, text, audio, depth, thermal and IMU "
         "with ImageBind and write it into Weaviate. Unknown options go to Beam.",
@@ -212,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="store each media's source URI (<field>_uri) instead of its bytes",
     )
     p.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=10.0,
+        help="how often a progress line goes to stderr (default 10)",
+    )
+    p.add_argument(
         "--share-model-across-processes",
         action="store_true",
         help="one model copy per machine (GPU workers with several SDK processes)",
@@ -244,7 +259,7 @@ def summarize(result, started: float, dead_letter: str) -> dict[str, int]:
     from apache_beam.metrics.metric import MetricsFilter
 
     counts = dict.fromkeys(COUNTERS, 0)
-    for counter in result.metrics().query(MetricsFilter().with_namespace("ib_ingest"))["counters"]:
+    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         if counter.key.metric.name in counts:
             counts[counter.key.metric.name] += counter.committed or counter.attempted or 0
     elapsed = time.perf_counter() - started
@@ -263,27 +278,46 @@ def summarize(result, started: float, dead_letter: str) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
+    console_logging()
+    args, beam_args = build_parser().parse_known_args(argv)
     try:
-        spec = InputSpec(args.input, args.id_column, parse_modality_columns(args.modality_columns))
-        fields = media_fields(spec, parse_weights(args.weights))
-        if args.embed == "weaviate" and args.store_uri:
-            raise ValueError("--embed weaviate needs the media in Weaviate; drop --store-uri")
-    except ValueError as err:
-        parser.error(str(err))
-    return run(args, beam_args, spec, fields)
+        spec, fields, model = check_start(args)
+        return run(args, beam_args, spec, fields, model)
+    except (CommandError, StackError, ValueError) as err:
+        return fail("ib-ingest", str(err))
 
 
-def run(args, beam_args: list[str], spec: InputSpec, fields: tuple[MediaField, ...]) -> int:
+def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
+    """Everything that can be checked before anything starts; CommandError/ValueError if not."""
+    spec = InputSpec(args.input, args.id_column, parse_modality_columns(args.modality_columns))
+    fields = media_fields(spec, parse_weights(args.weights))
+    if args.embed == "weaviate" and args.store_uri:
+        raise CommandError("--embed weaviate needs the media in Weaviate; drop --store-uri")
+    if args.progress_seconds <= 0:
+        raise CommandError("--progress-seconds must be positive")
+    model = from_sources(ModelOptions, args)
+    if args.weaviate_url:
+        if args.embed == "server" and not args.vectorizer_url:
+            raise CommandError("--embed server with --weaviate-url needs --vectorizer-url")
+        check_weaviate(args.weaviate_url)
+    if args.embed == "local" or not args.weaviate_url:  # our model, or the stack's server
+        check_checkpoint(model)
+    if args.embed == "local":
+        Preprocessor.for_model(model.config())  # a geometry preprocessing cannot follow
+    return spec, fields, model
+
+
+def run(
+    args,
+    beam_args: list[str],
+    spec: InputSpec,
+    fields: tuple[MediaField, ...],
+    model: ModelOptions,
+) -> int:
     from contextlib import ExitStack
 
     from ..stack import LocalStack
 
-    model = from_sources(ModelOptions, args)
     with ExitStack() as resources:
         if args.weaviate_url:
             url, grpc_port, vectorizer = args.weaviate_url, args.grpc_port, args.vectorizer_url
@@ -291,8 +325,6 @@ def run(args, beam_args: list[str], spec: InputSpec, fields: tuple[MediaField, .
             stack = resources.enter_context(LocalStack(args.data_dir, model))
             url, grpc_port = stack.endpoints.weaviate_http, stack.endpoints.weaviate_grpc_port
             vectorizer = args.vectorizer_url or stack.endpoints.vectorizer
-        if args.embed == "server" and not vectorizer:
-            raise SystemExit("ib-ingest: --embed server needs --vectorizer-url")
         target = WeaviateTarget(url, grpc_port, args.collection, args.weaviate_api_key)
         prepare_collection(target, fields, args.store_uri)
         config = IngestConfig(
@@ -310,8 +342,9 @@ def run(args, beam_args: list[str], spec: InputSpec, fields: tuple[MediaField, .
         started = time.perf_counter()
         pipeline = beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
         write_dead_letters(build(pipeline, config, target), args.dead_letter)
-        result = pipeline.run()
-        result.wait_until_finish()
+        with ProgressReporter(args.progress_seconds):
+            result = pipeline.run()
+            result.wait_until_finish()
         summarize(result, started, args.dead_letter)
     return 0
 

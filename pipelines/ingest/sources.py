@@ -24,18 +24,17 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
-from apache_beam.metrics import Metrics
 
 from .inputs import InputSpec
 from .manifest_files import csv_reader, lines, parquet_file
 from .objects import Failure, SourceObject
 from .paths import absolute, dirname, relpath
+from .progress import JobCounter
 from .to_objects import file_to_object, row_id, row_to_object
 
 OBJECTS = "objects"
 FAILURES = "failures"
 STAGE = "read"
-METRICS_NAMESPACE = "ib_ingest"
 
 _PARQUET_BATCH_ROWS = 256  # rows per decoded batch: inline media make rows large
 
@@ -59,8 +58,8 @@ class _ToObjects(beam.DoFn):
     """Base: counts what it emits, tags failures."""
 
     def __init__(self):
-        self._read = Metrics.counter(METRICS_NAMESPACE, "read")
-        self._failed = Metrics.counter(METRICS_NAMESPACE, "read_failed")
+        self._read = JobCounter("read")
+        self._failed = JobCounter("read_failed")
 
     def _ok(self, obj: SourceObject) -> SourceObject:
         self._read.inc()

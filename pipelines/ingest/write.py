@@ -11,7 +11,6 @@ rejects goes to the ``failures`` output with Weaviate's message.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +21,13 @@ from ib_vectorizer.retry import Backoff, call_with_retries, first_line
 
 from ..connection import connect_weaviate
 from .objects import Failure
+from .progress import JobCounter
 
 log = logging.getLogger(__name__)
 
 FAILURES = "failures"
 MAX_BATCH_BYTES = 48 * 1024 * 1024  # well under the client's ~100 MB gRPC message cap
 BACKOFF = Backoff(attempts=5, base_s=1.0, max_s=30.0)
-PROGRESS_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,12 @@ class _WriteDoFn(beam.DoFn):
     def __init__(self, target: WeaviateTarget, batch_size: int) -> None:
         self.target = target
         self.batch_size = batch_size
-        self.written = beam.metrics.Metrics.counter("ib_ingest", "written")
-        self.failed = beam.metrics.Metrics.counter("ib_ingest", "failed")
+        self.written = JobCounter("written")
+        self.failed = JobCounter("failed")
 
     def setup(self) -> None:
         self._client = self.target.connect()
         self._collection = self._client.collections.get(self.target.collection)
-        self._count = 0
-        self._started = self._last_log = time.monotonic()
 
     def start_bundle(self) -> None:
         self._buffer: list[WeaviateObject] = []
@@ -101,7 +98,6 @@ class _WriteDoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 FAILURES, Failure(obj.source_id, obj.source, "write", error)
             )
-        self._progress()
 
     def _insert(self, batch: list[WeaviateObject]) -> list[tuple[WeaviateObject, str]]:
         """Write ``batch``; the objects that failed, with why."""
@@ -128,15 +124,7 @@ class _WriteDoFn(beam.DoFn):
             return [(o, reason) for o in batch]
         failed = [(batch[i], error.message) for i, error in result.errors.items()]
         self.written.inc(len(batch) - len(failed))
-        self._count += len(batch) - len(failed)
         return failed
-
-    def _progress(self) -> None:
-        now = time.monotonic()
-        if now - self._last_log >= PROGRESS_EVERY_S:
-            rate = self._count / max(now - self._started, 1e-9)
-            log.info("ib-ingest: %d objects written by this worker (%.1f/s)", self._count, rate)
-            self._last_log = now
 
 
 class WriteToWeaviate(beam.PTransform):

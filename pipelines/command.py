@@ -1,0 +1,91 @@
+"""What ``ib-stack``, ``ib-query`` and ``ib-ingest`` share as commands.
+
+A start-up problem (a bad flag, a missing checkpoint, a Weaviate that does not
+answer) is one line on stderr naming the problem and what to do, exit status
+1, found before anything is started. Logging goes to stderr in one format
+even though importing Beam has already configured the root logger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+from ib_vectorizer.options import ModelOptions
+from ib_vectorizer.server_process import http_status
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+OUR_LOGGERS = ("ib_ingest", "ib_vectorizer", "pipelines")
+
+
+class CommandError(Exception):
+    """A problem worth one line to the user: what is wrong and what to do."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and exit status 1 (not usage and 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each record (test runners swap it and close the old)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def console_logging(level: int = logging.INFO) -> None:
+    """Our own log lines on stderr at ``level``, whatever logging an import set up first.
+
+    A library that logs at import time (Beam does) leaves the root logger with a
+    plain stderr handler at WARNING, so ``logging.basicConfig`` does nothing and
+    INFO lines vanish. Libraries stay at WARNING: their INFO lines (HTTP calls,
+    runner chatter) say nothing a user of these commands needs.
+    """
+    root = logging.getLogger()
+    formatter = logging.Formatter(LOG_FORMAT)
+    to_stderr = [h for h in root.handlers if type(h) in (logging.StreamHandler, _StderrHandler)]
+    if not to_stderr:
+        to_stderr = [_StderrHandler()]
+        root.addHandler(to_stderr[0])
+    for handler in to_stderr:
+        handler.setFormatter(formatter)
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def check_checkpoint(model: ModelOptions) -> None:
+    """The model's weights are where they are said to be (a gs://-style URI is checked later)."""
+    from ib_vectorizer.checkpoints import CheckpointError
+
+    if model.checkpoint and "://" in model.checkpoint:
+        return
+    try:
+        model.checkpoint_path()
+        model.config()
+    except (CheckpointError, ValueError) as err:
+        raise CommandError(str(err)) from None
+
+
+def check_weaviate(url: str) -> None:
+    """Weaviate answers at ``url`` (any HTTP answer will do: it may need an API key)."""
+    if http_status(url.rstrip("/") + "/v1/.well-known/live", timeout=5.0) is None:
+        raise CommandError(
+            f"nothing answers at {url}: start Weaviate there, or fix --weaviate-url "
+            "(without it, the local stack is started)"
+        )
+
+
+def fail(prog: str, message: str) -> int:
+    """Print the one line and return the exit status."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 1

@@ -1,0 +1,103 @@
+"""What the job has done so far: Beam counters, and a progress line every few seconds.
+
+Every count (``read``, ``decoded``, ``embedded``, ``written``, ``failed``, ...)
+goes to a Beam counter, which the runner aggregates and the closing summary
+reads, and to this process's running totals, which a :class:`ProgressReporter`
+prints while the job runs. With the DirectRunner and Prism the workers run in
+the launching process, so those totals are the job's; on a remote runner each
+worker has its own and the runner's UI shows the job's counters.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+import apache_beam as beam
+
+NAMESPACE = "ib_ingest"
+COUNTERS = ("read", "read_failed", "decoded", "embedded", "written", "failed")
+
+log = logging.getLogger("ib_ingest")
+
+_totals: collections.Counter[str] = collections.Counter()
+_totals_lock = threading.Lock()
+
+
+class JobCounter:
+    """A Beam counter that also keeps this process's running total (picklable)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._beam = beam.metrics.Metrics.counter(NAMESPACE, name)
+
+    def inc(self, n: int = 1) -> None:
+        self._beam.inc(n)
+        with _totals_lock:
+            _totals[self.name] += n
+
+
+def totals() -> dict[str, int]:
+    with _totals_lock:
+        return {name: _totals[name] for name in COUNTERS}
+
+
+def reset_totals() -> None:
+    with _totals_lock:
+        _totals.clear()
+
+
+def progress_line(counts: dict[str, int], elapsed_s: float) -> str:
+    """``read R, embedded E, written W, failed F; X objects/s[, ETA T]``.
+
+    Reading ends before decoding starts (a reshuffle lies between them), so
+    once anything is decoded the number of objects is known and an ETA follows.
+    """
+    failed = counts["failed"] + counts["read_failed"]
+    done = counts["written"] + counts["failed"]
+    rate = counts["written"] / elapsed_s if elapsed_s > 0 else 0.0
+    line = (
+        f"progress: read {counts['read']}, embedded {counts['embedded']}, "
+        f"written {counts['written']}, failed {failed}; {rate:.1f} objects/s"
+    )
+    total = counts["read"]
+    if counts["decoded"] and rate > 0 and total > done:
+        line += f", ETA {format_seconds((total - done) / rate)}"
+    return line
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class ProgressReporter:
+    """Logs :func:`progress_line` every ``every_s`` seconds until stopped."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.started = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ib-ingest-progress", daemon=True)
+
+    def __enter__(self) -> ProgressReporter:
+        reset_totals()
+        self.started = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            log.info(progress_line(totals(), time.perf_counter() - self.started))
