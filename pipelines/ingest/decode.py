@@ -8,6 +8,8 @@ the bundle carries on.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ class ReadyObject:
     modalities: dict[str, Modality]
     uris: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # property → model input
+    content_hash: str = ""  # of the inputs and the embedder (see content_hash)
 
     @property
     def views(self) -> int:
@@ -66,13 +69,12 @@ def read_field(value: FieldValue) -> bytes | str:
     return data
 
 
-class ReadAndDecode(beam.DoFn):
-    """SourceObject → ReadyObject, or a Failure on the ``failures`` output."""
+class ReadFields(beam.DoFn):
+    """SourceObject → ReadyObject with its bytes and content hash, or a ``read`` Failure."""
 
-    def __init__(self, preprocessor: Preprocessor | None) -> None:
-        """``preprocessor``: the model's (local embedding), or None to keep the raw bytes."""
-        self.preprocessor = preprocessor
-        self.decoded = JobCounter("decoded")
+    def __init__(self, fingerprint: str) -> None:
+        """``fingerprint``: what embeds the objects (model, weights, fields), for the hash."""
+        self.fingerprint = fingerprint
         self.failed = JobCounter("failed")
 
     def process(self, obj: SourceObject):
@@ -82,7 +84,10 @@ class ReadAndDecode(beam.DoFn):
                 media[name] = read_field(value)
             except Exception as err:  # OSError, bad UTF-8, a URI scheme no FileSystem serves
                 reason = f"{name}: cannot read {value.describe()}: {err}"
-                yield self._failure(obj, "read", reason)
+                self.failed.inc()
+                yield beam.pvalue.TaggedOutput(
+                    FAILURES, Failure(obj.source_id, obj.source, "read", reason)
+                )
                 return
         ready = ReadyObject(
             source_id=obj.source_id,
@@ -92,21 +97,54 @@ class ReadAndDecode(beam.DoFn):
             modalities={name: value.modality for name, value in obj.fields.items()},
             uris={name: v.uri for name, v in obj.fields.items() if v.uri is not None},
         )
+        ready.content_hash = content_hash(self.fingerprint, ready)
+        yield ready
+
+
+class Decode(beam.DoFn):
+    """Media → model input (local embedding), or a ``decode`` Failure naming the field."""
+
+    def __init__(self, preprocessor: Preprocessor | None) -> None:
+        """``preprocessor``: the model's (local embedding), or None to keep the raw bytes."""
+        self.preprocessor = preprocessor
+        self.decoded = JobCounter("decoded")
+        self.failed = JobCounter("failed")
+
+    def process(self, ready: ReadyObject):
         if self.preprocessor is not None:
-            try:
-                for name, content in media.items():
+            for name, content in ready.media.items():
+                try:
                     ready.inputs[name] = self.preprocessor.load_item(
                         ready.modalities[name], content
                     )
-            except InputError as err:
-                yield self._failure(obj, "decode", f"{name} ({err.modality}): {err.reason}")
-                return
-            except Exception as err:  # a decoder bug must not stop the job either
-                yield self._failure(obj, "decode", f"{name}: {type(err).__name__}: {err}")
-                return
+                except InputError as err:
+                    yield self._failure(ready, f"{name} ({err.modality}): {err.reason}")
+                    return
+                except Exception as err:  # a decoder bug must not stop the job either
+                    yield self._failure(ready, f"{name}: {type(err).__name__}: {err}")
+                    return
         self.decoded.inc()
         yield ready
 
-    def _failure(self, obj: SourceObject, stage: str, reason: str) -> beam.pvalue.TaggedOutput:
+    def _failure(self, ready: ReadyObject, reason: str) -> beam.pvalue.TaggedOutput:
         self.failed.inc()
-        return beam.pvalue.TaggedOutput(FAILURES, Failure(obj.source_id, obj.source, stage, reason))
+        failure = Failure(ready.source_id, ready.source, "decode", reason)
+        return beam.pvalue.TaggedOutput(FAILURES, failure)
+
+
+def content_hash(fingerprint: str, ready: ReadyObject) -> str:
+    """What an object's stored vector and properties follow from: its inputs and the embedder.
+
+    SHA-256 over the embedder's fingerprint, the metadata properties and every
+    field's name, modality and content, so a re-run can tell an unchanged
+    object from a changed one without decoding or embedding it.
+    """
+    digest = hashlib.sha256(fingerprint.encode())
+    metadata = json.dumps(ready.properties, sort_keys=True, default=str)
+    digest.update(hashlib.sha256(metadata.encode()).digest())
+    for name in sorted(ready.media):
+        content = ready.media[name]
+        data = content.encode() if isinstance(content, str) else content
+        digest.update(f"{name}\0{ready.modalities[name].value}\0".encode())
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()

@@ -40,6 +40,13 @@ class SourceObject:
     properties: dict[str, Any] = field(default_factory=dict)  # metadata copied as-is
 
 
+def object_uuid(source_id: str) -> str:
+    """The Weaviate id of the object made from ``source_id``: the same on every run."""
+    from weaviate.util import generate_uuid5
+
+    return str(generate_uuid5(source_id))
+
+
 @dataclass(frozen=True)
 class Failure:
     """A dead letter: the item, the stage that failed (read, decode, embed, write), why."""

@@ -37,10 +37,11 @@ from ..command import (
 )
 from ..schema import SOURCE_ID, MediaField, combine_like_weaviate, create_bind_collection
 from ..stack import StackError
-from .decode import FAILURES, ReadAndDecode, ReadyObject
+from .decode import FAILURES, Decode, ReadFields, ReadyObject
+from .incremental import CONTENT_HASH, DeleteMissing, model_fingerprint, skip_unchanged
 from .inputs import InputSpec, parse_modality_columns, plan_fields
 from .model_handler import EmbeddedObject, ImageBindModelHandler
-from .objects import Failure
+from .objects import Failure, object_uuid
 from .progress import COUNTERS, NAMESPACE, JobCounter, ProgressReporter
 from .server_embed import ServerModelHandler
 from .sources import ReadObjects
@@ -64,16 +65,19 @@ class IngestConfig:
     max_batch_views: int
     store_uri: bool
     share_model: bool
+    fingerprint: str = ""  # of the embedder and the fields (see incremental.model_fingerprint)
+    force: bool = False  # embed and write every object, changed or not
+    delete_missing: bool = False  # delete objects whose source is gone
 
 
 def to_weaviate_object(
     ready: ReadyObject, vectors: dict | None, config: IngestConfig
 ) -> WeaviateObject:
     """Properties as stored (media as base64 BLOBs, or their URIs) plus the combined vector."""
-    from weaviate.util import generate_uuid5
-
     properties = dict(ready.properties)
     properties[SOURCE_ID] = ready.source_id
+    if ready.content_hash:
+        properties[CONTENT_HASH] = ready.content_hash
     for name, content in ready.media.items():
         if ready.modalities[name] is Modality.TEXT:
             properties[name] = content
@@ -89,7 +93,7 @@ def to_weaviate_object(
         vector = combine_like_weaviate(vectors, config.fields).tolist()
         EMBEDDED.inc()
     return WeaviateObject(
-        uuid=str(generate_uuid5(ready.source_id)),
+        uuid=object_uuid(ready.source_id),
         source_id=ready.source_id,
         source=ready.source,
         properties=properties,
@@ -132,10 +136,16 @@ def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget)
     preprocessor = (
         Preprocessor.for_model(config.model.config()) if config.embed == "local" else None
     )
-    decoded = read.objects | "Decode" >> beam.ParDo(ReadAndDecode(preprocessor)).with_outputs(
+    fields = read.objects | "ReadFields" >> beam.ParDo(ReadFields(config.fingerprint)).with_outputs(
         FAILURES, main="ready"
     )
-    failures = [read.failures, decoded[FAILURES]]
+    todo = fields.ready if config.force else skip_unchanged(fields.ready, target)
+    decoded = todo | "Decode" >> beam.ParDo(Decode(preprocessor)).with_outputs(
+        FAILURES, main="ready"
+    )
+    failures = [read.failures, fields[FAILURES], decoded[FAILURES]]
+    if config.delete_missing:
+        _ = read.objects | "DeleteMissing" >> DeleteMissing(target)
 
     if config.embed == "weaviate":  # Weaviate calls the module itself
         objects = decoded.ready | "AsObjects" >> beam.Map(
@@ -221,6 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="store each media's source URI (<field>_uri) instead of its bytes",
     )
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-embed and rewrite every object (default: only new and changed ones)",
+    )
+    p.add_argument(
+        "--delete-missing",
+        action="store_true",
+        help="delete the collection's objects whose source is no longer in the input",
+    )
+    p.add_argument(
         "--progress-seconds",
         type=float,
         default=10.0,
@@ -265,12 +285,15 @@ def summarize(result, started: float, dead_letter: str) -> dict[str, int]:
     elapsed = time.perf_counter() - started
     failed = counts["failed"] + counts["read_failed"]
     log.info(
-        "done in %.1f s: read %d, embedded %d, written %d, failed %d (%.1f objects/s)%s",
+        "done in %.1f s: read %d, embedded %d, written %d, failed %d, unchanged %d, deleted %d "
+        "(%.1f objects/s)%s",
         elapsed,
         counts["read"],
         counts["embedded"],
         counts["written"],
         failed,
+        counts["unchanged"],
+        counts["deleted"],
         counts["written"] / max(elapsed, 1e-9),
         f"; failures in {dead_letter}" if failed else "",
     )
@@ -327,6 +350,7 @@ def run(
             vectorizer = args.vectorizer_url or stack.endpoints.vectorizer
         target = WeaviateTarget(url, grpc_port, args.collection, args.weaviate_api_key)
         prepare_collection(target, fields, args.store_uri)
+        meta = fetch_meta(vectorizer) if vectorizer and args.embed != "local" else None
         config = IngestConfig(
             spec=spec,
             collection=args.collection,
@@ -338,6 +362,9 @@ def run(
             max_batch_views=args.max_batch_views,
             store_uri=args.store_uri,
             share_model=args.share_model_across_processes,
+            fingerprint=model_fingerprint(args.embed, model, fields, meta),
+            force=args.force,
+            delete_missing=args.delete_missing,
         )
         started = time.perf_counter()
         pipeline = beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
@@ -349,14 +376,34 @@ def run(
     return 0
 
 
+def fetch_meta(vectorizer: str) -> dict | None:
+    """The inference server's ``/meta`` (its model and weights), or None if it has none."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(vectorizer.rstrip("/") + "/meta", timeout=30) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
 def prepare_collection(target: WeaviateTarget, fields, store_uri: bool) -> None:
-    """Create the collection with the multi2vec-bind config unless it exists."""
-    from weaviate.classes.config import DataType
+    """Create the collection with the multi2vec-bind config unless it exists.
+
+    A collection made before content hashes were stored (or by hand) gets the
+    ``content_hash`` property added, so re-runs can look hashes up in it.
+    """
+    from weaviate.classes.config import DataType, Property
 
     client = target.connect()
     try:
         metadata = {f"{f.name}_uri": DataType.TEXT for f in fields} if store_uri else {}
-        create_bind_collection(client, target.collection, list(fields), metadata, VECTOR_NAME)
+        metadata[CONTENT_HASH] = DataType.TEXT
+        collection = create_bind_collection(
+            client, target.collection, list(fields), metadata, VECTOR_NAME
+        )
+        if CONTENT_HASH not in {p.name for p in collection.config.get().properties}:
+            collection.config.add_property(Property(name=CONTENT_HASH, data_type=DataType.TEXT))
     finally:
         client.close()
 

@@ -18,7 +18,9 @@ import time
 import apache_beam as beam
 
 NAMESPACE = "ib_ingest"
-COUNTERS = ("read", "read_failed", "decoded", "embedded", "written", "failed")
+COUNTERS = (
+    "read", "read_failed", "unchanged", "decoded", "embedded", "written", "deleted", "failed",
+)  # fmt: skip
 
 log = logging.getLogger("ib_ingest")
 
@@ -55,11 +57,13 @@ def progress_line(counts: dict[str, int], elapsed_s: float) -> str:
     Reading ends before decoding starts (a reshuffle lies between them), so
     once anything is decoded the number of objects is known and an ETA follows.
     """
-    failed = counts["failed"] + counts["read_failed"]
-    done = counts["written"] + counts["failed"]
+    failed = counts["failed"] + counts.get("read_failed", 0)
+    unchanged = counts.get("unchanged", 0)
+    done = counts["written"] + counts["failed"] + unchanged
     rate = counts["written"] / elapsed_s if elapsed_s > 0 else 0.0
+    skipped = f"unchanged {unchanged}, " if unchanged else ""
     line = (
-        f"progress: read {counts['read']}, embedded {counts['embedded']}, "
+        f"progress: read {counts['read']}, {skipped}embedded {counts['embedded']}, "
         f"written {counts['written']}, failed {failed}; {rate:.1f} objects/s"
     )
     total = counts["read"]

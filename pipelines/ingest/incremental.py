@@ -1,0 +1,201 @@
+"""Re-runs that redo only what changed.
+
+Every object stores ``content_hash``: a hash of its inputs and of what embedded
+it (:func:`model_fingerprint`). A re-run looks the hashes of a batch of
+objects up in Weaviate (one query per batch) and drops the objects whose hash
+is unchanged before they are decoded, embedded or written; changed and new
+objects go on. ``--force`` skips the look-up. ``--delete-missing`` deletes the
+objects whose source is no longer in the input. Both are pipeline stages, so
+they run wherever the pipeline runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import apache_beam as beam
+
+from ib_vectorizer.options import ModelOptions
+from ib_vectorizer.retry import call_with_retries
+
+from ..schema import MediaField
+from .decode import ReadyObject
+from .objects import object_uuid
+from .progress import JobCounter
+from .write import BACKOFF, WeaviateTarget
+
+log = logging.getLogger(__name__)
+
+CONTENT_HASH = "content_hash"
+LOOKUP_BATCH = 200  # ids per look-up (and per delete)
+_EDGE_BYTES = 1 << 20
+
+
+def checkpoint_identity(path: str | None) -> str:
+    """A cheap, content-based identity of a weights file: its size and its first and last MiB.
+
+    Hashing 4.5 GB on every run would cost more than many re-runs save; a
+    changed checkpoint changes its size or its ends in practice.
+    """
+    if path is None:
+        return "random weights"
+    if "://" in path:
+        return path
+    file = Path(path)
+    size = file.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with file.open("rb") as handle:
+        digest.update(handle.read(_EDGE_BYTES))
+        handle.seek(max(0, size - _EDGE_BYTES))
+        digest.update(handle.read(_EDGE_BYTES))
+    return digest.hexdigest()
+
+
+def model_fingerprint(
+    embed: str,
+    model: ModelOptions,
+    fields: tuple[MediaField, ...],
+    vectorizer_meta: dict | None,
+) -> str:
+    """What the stored vectors follow from besides the inputs: the embedder and the fields.
+
+    Local embedding: the architecture and the checkpoint. A server (ours, or the
+    one Weaviate calls): its ``/meta`` (model, checkpoint, normalisation). Always
+    the media fields and their weights, which decide how vectors are combined.
+    """
+    if embed == "local":
+        path = None if model.random_weights else model.checkpoint
+        if path is not None and "://" not in path:
+            path = str(model.checkpoint_path())
+        embedder = {"config": asdict(model.config()), "weights": checkpoint_identity(path)}
+    else:
+        meta = dict(vectorizer_meta or {})
+        embedder = {k: meta.get(k) for k in ("model", "checkpoint", "embeddingDim", "normalized")}
+    described = {
+        "embed": embed,
+        "embedder": embedder,
+        "fields": [(f.name, f.modality.value, f.weight) for f in fields],
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+class SkipUnchanged(beam.DoFn):
+    """A batch of ReadyObjects → those whose stored hash differs (new or changed)."""
+
+    def __init__(self, target: WeaviateTarget) -> None:
+        self.target = target
+        self.unchanged = JobCounter("unchanged")
+
+    def setup(self) -> None:
+        self._client = self.target.connect()
+        self._collection = self._client.collections.get(self.target.collection)
+
+    def teardown(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
+    def process(self, batch: list[ReadyObject]):
+        stored = self._stored_hashes([object_uuid(o.source_id) for o in batch])
+        for obj in batch:
+            if stored.get(object_uuid(obj.source_id)) == obj.content_hash:
+                self.unchanged.inc()
+            else:
+                yield obj
+
+    def _stored_hashes(self, uuids: list[str]) -> dict[str, str]:
+        from weaviate.classes.query import Filter
+
+        def look_up():
+            return self._collection.query.fetch_objects(
+                filters=Filter.by_id().contains_any(uuids),
+                limit=len(uuids),
+                return_properties=[CONTENT_HASH],
+            )
+
+        result = call_with_retries(
+            look_up, retryable=lambda err: True, backoff=BACKOFF, what="looking up hashes", log=log
+        )
+        return {str(o.uuid): o.properties.get(CONTENT_HASH) for o in result.objects}
+
+
+def skip_unchanged(objects, target: WeaviateTarget):
+    """The objects of ``objects`` that are new or changed since the last run."""
+    return (
+        objects
+        | "BatchLookUps" >> beam.BatchElements(min_batch_size=1, max_batch_size=LOOKUP_BATCH)
+        | "SkipUnchanged" >> beam.ParDo(SkipUnchanged(target))
+    )
+
+
+class _StoredIds(beam.DoFn):
+    """The collection → the uuid of every object in it (a cursor over the whole collection)."""
+
+    def process(self, target: WeaviateTarget):
+        client = target.connect()
+        try:
+            collection = client.collections.get(target.collection)
+            for obj in collection.iterator(return_properties=[]):
+                yield str(obj.uuid)
+        finally:
+            client.close()
+
+
+class _DeleteObjects(beam.DoFn):
+    def __init__(self, target: WeaviateTarget) -> None:
+        self.target = target
+        self.deleted = JobCounter("deleted")
+
+    def setup(self) -> None:
+        self._client = self.target.connect()
+        self._collection = self._client.collections.get(self.target.collection)
+
+    def teardown(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
+    def process(self, uuids: list[str]):
+        from weaviate.classes.query import Filter
+
+        call_with_retries(
+            lambda: self._collection.data.delete_many(where=Filter.by_id().contains_any(uuids)),
+            retryable=lambda err: True,
+            backoff=BACKOFF,
+            what=f"deleting {len(uuids)} objects",
+            log=log,
+        )
+        self.deleted.inc(len(uuids))
+
+
+class DeleteMissing(beam.PTransform):
+    """Deletes the collection's objects whose source is not among ``read`` (SourceObjects).
+
+    The stored ids are listed when the pipeline starts, so objects this run
+    writes are never candidates.
+    """
+
+    def __init__(self, target: WeaviateTarget) -> None:
+        super().__init__()
+        self.target = target
+
+    def expand(self, read):
+        present = read | "PresentIds" >> beam.Map(lambda o: (object_uuid(o.source_id), "present"))
+        stored = (
+            read.pipeline
+            | "Collection" >> beam.Create([self.target])
+            | "StoredIds" >> beam.ParDo(_StoredIds())
+            | "KeyStored" >> beam.Map(lambda uuid: (uuid, "stored"))
+        )
+        return (
+            (present, stored)
+            | "Both" >> beam.Flatten()
+            | "ById" >> beam.GroupByKey()
+            | "OnlyStored" >> beam.FlatMap(lambda kv: [kv[0]] if set(kv[1]) == {"stored"} else [])
+            | "BatchDeletes" >> beam.BatchElements(min_batch_size=1, max_batch_size=LOOKUP_BATCH)
+            | "Delete" >> beam.ParDo(_DeleteObjects(self.target))
+        )
