@@ -1,11 +1,14 @@
 """``WriteToWeaviate``: idempotent batched writes, failures reported per object.
 
 One weaviate-client per DoFn instance (``setup``/``teardown``); objects are
-buffered and written with ``insert_many`` (one gRPC batch call) when the buffer
-is full and at the end of every bundle. An object's uuid is
+buffered and written with ``insert_many`` (one gRPC message) when the buffer
+holds ``batch_size`` objects or 48 MiB, and at the end of every bundle, so no
+write nears weaviate-client's ~100 MB gRPC message cap. An object that alone
+would exceed it is not sent: it goes to the ``failures`` output saying so (and
+that ``--store-uri`` stores it by URI). An object's uuid is
 ``generate_uuid5(source_id)``, so writing it again replaces it. Connection
-errors and timeouts are retried with exponential backoff and jitter; an object Weaviate
-rejects goes to the ``failures`` output with Weaviate's message.
+errors and timeouts are retried with exponential backoff and jitter; an object
+Weaviate rejects goes to the ``failures`` output with Weaviate's message.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from .progress import JobCounter
 log = logging.getLogger(__name__)
 
 FAILURES = "failures"
-MAX_BATCH_BYTES = 48 * 1024 * 1024  # well under the client's ~100 MB gRPC message cap
+# weaviate-client sends one insert_many as one gRPC message, capped at about 100 MB.
+MAX_BATCH_BYTES = 48 * 1024 * 1024  # a batch is cut before it grows past this
+MAX_OBJECT_BYTES = 96 * 1024 * 1024  # one object alone may use all but the framing
 BACKOFF = Backoff(attempts=5, base_s=1.0, max_s=30.0)
 
 
@@ -75,8 +80,22 @@ class _WriteDoFn(beam.DoFn):
         self._buffer_bytes = 0
 
     def process(self, obj: WeaviateObject):
+        size = obj.approx_bytes()
+        if size > MAX_OBJECT_BYTES:
+            self.failed.inc()
+            reason = (
+                f"object is {size / 2**20:.0f} MiB, more than one write to Weaviate can carry "
+                f"({MAX_OBJECT_BYTES / 2**20:.0f} MiB under its ~100 MB gRPC message limit); "
+                "ingest it with --store-uri to store its URI instead of its bytes"
+            )
+            yield beam.pvalue.TaggedOutput(
+                FAILURES, Failure(obj.source_id, obj.source, "write", reason)
+            )
+            return
+        if self._buffer and self._buffer_bytes + size > MAX_BATCH_BYTES:
+            yield from self._flush()  # this object would push the batch past the cap
         self._buffer.append(obj)
-        self._buffer_bytes += obj.approx_bytes()
+        self._buffer_bytes += size
         if len(self._buffer) >= self.batch_size or self._buffer_bytes >= MAX_BATCH_BYTES:
             yield from self._flush()
 
