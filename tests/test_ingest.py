@@ -49,15 +49,19 @@ MODALITY_OF_FOLDER = {
 }
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dataset")
+def copy_dataset(root):
+    """A tree of every modality, from the fixture files, at ``root``."""
     for relative, fixture in DIRECTORY_FILES.items():
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(INPUTS / fixture, root / relative)
     (root / "text").mkdir()
     (root / "text" / "note.txt").write_text("a dog barking loudly")
     return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return copy_dataset(tmp_path_factory.mktemp("dataset"))
 
 
 def run_ingest(stack, source, collection: str, dead_letter, *args: str) -> int:

@@ -17,18 +17,12 @@ from ib_vectorizer.bench.payloads import image_payload
 
 from .fixture_data import INPUTS
 from .server_process import TINY_ENV
-from .test_ingest import DIRECTORY_FILES, count, run_ingest
+from .test_ingest import DIRECTORY_FILES, copy_dataset, count, run_ingest
 
 
 @pytest.fixture
 def tree(tmp_path) -> Path:
-    root = tmp_path / "tree"
-    for relative, fixture in DIRECTORY_FILES.items():
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(INPUTS / fixture, root / relative)
-    (root / "text").mkdir()
-    (root / "text" / "note.txt").write_text("a dog barking loudly")
-    return root
+    return copy_dataset(tmp_path / "tree")
 
 
 def summary_of(caplog) -> str:

@@ -26,7 +26,7 @@ from ..schema import MediaField
 from .decode import ReadyObject
 from .objects import object_uuid
 from .progress import JobCounter
-from .write import BACKOFF, WeaviateTarget
+from .write import BACKOFF, CollectionDoFn, WeaviateTarget
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +83,12 @@ def model_fingerprint(
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
-class SkipUnchanged(beam.DoFn):
+class SkipUnchanged(CollectionDoFn):
     """A batch of ReadyObjects → those whose stored hash differs (new or changed)."""
 
     def __init__(self, target: WeaviateTarget) -> None:
-        self.target = target
+        super().__init__(target)
         self.unchanged = JobCounter("unchanged")
-
-    def setup(self) -> None:
-        self._client = self.target.connect()
-        self._collection = self._client.collections.get(self.target.collection)
-
-    def teardown(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
-            client.close()
 
     def process(self, batch: list[ReadyObject]):
         stored = self._stored_hashes([object_uuid(o.source_id) for o in batch])
@@ -145,19 +136,10 @@ class _StoredIds(beam.DoFn):
             client.close()
 
 
-class _DeleteObjects(beam.DoFn):
+class _DeleteObjects(CollectionDoFn):
     def __init__(self, target: WeaviateTarget) -> None:
-        self.target = target
+        super().__init__(target)
         self.deleted = JobCounter("deleted")
-
-    def setup(self) -> None:
-        self._client = self.target.connect()
-        self._collection = self._client.collections.get(self.target.collection)
-
-    def teardown(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
-            client.close()
 
     def process(self, uuids: list[str]):
         from weaviate.classes.query import Filter

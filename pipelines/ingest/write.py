@@ -64,16 +64,28 @@ class WeaviateObject:
         return size
 
 
-class _WriteDoFn(beam.DoFn):
-    def __init__(self, target: WeaviateTarget, batch_size: int) -> None:
+class CollectionDoFn(beam.DoFn):
+    """A DoFn with its own weaviate-client and the target collection, for its lifetime."""
+
+    def __init__(self, target: WeaviateTarget) -> None:
         self.target = target
-        self.batch_size = batch_size
-        self.written = JobCounter("written")
-        self.failed = JobCounter("failed")
 
     def setup(self) -> None:
         self._client = self.target.connect()
         self._collection = self._client.collections.get(self.target.collection)
+
+    def teardown(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
+
+class _WriteDoFn(CollectionDoFn):
+    def __init__(self, target: WeaviateTarget, batch_size: int) -> None:
+        super().__init__(target)
+        self.batch_size = batch_size
+        self.written = JobCounter("written")
+        self.failed = JobCounter("failed")
 
     def start_bundle(self) -> None:
         self._buffer: list[WeaviateObject] = []
@@ -102,11 +114,6 @@ class _WriteDoFn(beam.DoFn):
     def finish_bundle(self):
         for output in self._flush():  # outside process(): outputs need an explicit window
             yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
-
-    def teardown(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
-            client.close()
 
     def _flush(self):
         batch, self._buffer, self._buffer_bytes = self._buffer, [], 0
