@@ -181,6 +181,15 @@ class LocalStack:
             grpc_port=self.endpoints.weaviate_grpc_port,
         )
 
+    def pids(self) -> dict[str, int]:
+        """The process id of Weaviate and of the inference server, while running."""
+        pids = {}
+        if self._weaviate is not None:
+            pids["weaviate"] = self._weaviate.pid
+        if self._vectorizer is not None and self._vectorizer.process is not None:
+            pids["vectorizer"] = self._vectorizer.process.pid
+        return pids
+
     def log_path(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"
 

@@ -1,6 +1,7 @@
 """Ingestion benchmark: the Beam pipeline against a naive loop, in the same run.
 
     python -m pipelines.ingest.bench --objects 400 [--modality image] [--data-dir D]
+    python -m pipelines.ingest.bench --scale 100000 [--dataset DIR]   (see scale_bench)
 
 Generates N synthetic objects (deterministic media in a temporary directory),
 starts the local stack (or uses ``--weaviate-url``/``--vectorizer-url``), then
@@ -79,15 +80,24 @@ def naive_loop(paths: list[Path], root: Path, modality: str, vectorizer: str, co
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from ..command import console_logging
+
+    console_logging()
     parser = argparse.ArgumentParser(prog="python -m pipelines.ingest.bench", description=__doc__)
     parser.add_argument("--objects", type=int, default=400)
     parser.add_argument("--modality", choices=("image", "audio"), default="image")
     parser.add_argument("--data-dir", help="local stack data directory (default: a temporary one)")
     parser.add_argument(
         "--no-naive", action="store_true", help="skip the naive loop (for large --objects)"
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        metavar="N",
+        help="instead: the scale benchmark on a mixed dataset of N files (see scale_bench)",
+    )
+    parser.add_argument(
+        "--dataset", help="with --scale: where the dataset is written, or reused (default: temp)"
     )
     add_flags(parser.add_argument_group("model"), ModelOptions)
     args, beam_args = parser.parse_known_args(argv)
@@ -104,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import main as ingest
 
     model = from_sources(ModelOptions, args)
+    if args.scale is not None:
+        return scale(args, model, beam_args)
     with tempfile.TemporaryDirectory(prefix="ib-ingest-bench-") as tmp:
         root = Path(tmp) / "data"
         paths = make_dataset(root, args.objects, args.modality)
@@ -162,6 +174,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * rerun_s / pipeline_s:.1f}% of the first run"
     )
     return 0
+
+
+def scale(args, model: ModelOptions, extra: list[str]) -> int:
+    """``--scale N``: the mixed dataset through the real command, then the unchanged re-run."""
+    from ..stack import LocalStack
+    from .scale_bench import run_scale
+    from .scale_dataset import write_dataset
+
+    if args.scale < 1:
+        print("error: --scale must be at least 1", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="ib-ingest-scale-") as tmp:
+        root = Path(args.dataset) if args.dataset else Path(tmp) / "data"
+        plan = write_dataset(root, args.scale)
+        work = root.with_name(root.name + "-runs") if args.dataset else Path(tmp)
+        work.mkdir(exist_ok=True)  # the jobs' logs, metrics and dead letters
+        log.info("job logs in %s", work)
+        with LocalStack(args.data_dir or work / "stack", model) as stack:
+            return run_scale(plan, root, work, model, stack, extra)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from ib_vectorizer.modalities import Modality
 from ib_vectorizer.preprocess import Preprocessor
 
 from .objects import Failure, FieldValue, SourceObject
-from .progress import JobCounter
+from .progress import JobCounter, StageTime
 
 FAILURES = "failures"
 
@@ -109,20 +110,23 @@ class Decode(beam.DoFn):
         self.preprocessor = preprocessor
         self.decoded = JobCounter("decoded")
         self.failed = JobCounter("failed")
+        self.time = StageTime("decode")
 
     def process(self, ready: ReadyObject):
         if self.preprocessor is not None:
             for name, content in ready.media.items():
+                modality = ready.modalities[name]
+                started = time.perf_counter()
                 try:
-                    ready.inputs[name] = self.preprocessor.load_item(
-                        ready.modalities[name], content
-                    )
+                    ready.inputs[name] = self.preprocessor.load_item(modality, content)
                 except InputError as err:
                     yield self._failure(ready, f"{name} ({err.modality}): {err.reason}")
                     return
                 except Exception as err:  # a decoder bug must not stop the job either
                     yield self._failure(ready, f"{name}: {type(err).__name__}: {err}")
                     return
+                finally:
+                    self.time.add(modality.label, time.perf_counter() - started)
         self.decoded.inc()
         yield ready
 

@@ -12,6 +12,7 @@ which is what a GPU worker wants.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from ib_vectorizer.options import ModelOptions
 
 from .decode import ReadyObject
 from .paths import has_scheme, local_copy
+from .progress import StageTime
 
 
 @dataclass
@@ -56,6 +58,7 @@ class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder])
         self.model = model
         self.max_batch_views = max_batch_views
         self._share = share_across_processes
+        self.time = StageTime("embed")
 
     def load_model(self) -> Embedder:
         options = self.model
@@ -80,8 +83,10 @@ class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder])
             per_chunk = max(1, self.max_batch_views // modality.views_per_item)
             for start in range(0, len(slots), per_chunk):
                 chunk = slots[start : start + per_chunk]
+                started = time.perf_counter()
                 inputs = torch.stack([batch[i].inputs[name] for i, name in chunk])
                 out = model.embed_tensors(modality, inputs).numpy()
+                self.time.add(modality.label, time.perf_counter() - started)
                 for (i, name), vector in zip(chunk, out, strict=True):
                     vectors[i][name] = vector
         return [EmbeddedObject(obj, v) for obj, v in zip(batch, vectors, strict=True)]

@@ -247,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often a progress line goes to stderr (default 10)",
     )
     p.add_argument(
+        "--metrics-json",
+        help="write the job's counters (and per-modality decode/embed ms) to this JSON file",
+    )
+    p.add_argument(
         "--share-model-across-processes",
         action="store_true",
         help="one model copy per machine (GPU workers with several SDK processes)",
@@ -278,10 +282,10 @@ def media_fields(spec: InputSpec, weights: dict[str, float]) -> tuple[MediaField
 def summarize(result, started: float, dead_letter: str) -> dict[str, int]:
     from apache_beam.metrics.metric import MetricsFilter
 
-    counts = dict.fromkeys(COUNTERS, 0)
+    counts = dict.fromkeys(COUNTERS, 0)  # and the per-modality stage times (progress.StageTime)
     for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-        if counter.key.metric.name in counts:
-            counts[counter.key.metric.name] += counter.committed or counter.attempted or 0
+        name = counter.key.metric.name
+        counts[name] = counts.get(name, 0) + (counter.committed or counter.attempted or 0)
     elapsed = time.perf_counter() - started
     failed = counts["failed"] + counts["read_failed"]
     log.info(
@@ -372,7 +376,11 @@ def run(
         with ProgressReporter(args.progress_seconds):
             result = pipeline.run()
             result.wait_until_finish()
-        summarize(result, started, args.dead_letter)
+        counts = summarize(result, started, args.dead_letter)
+        if args.metrics_json:
+            elapsed = round(time.perf_counter() - started, 3)
+            with open(args.metrics_json, "w") as handle:
+                json.dump({"elapsed_s": elapsed, "counters": counts}, handle, indent=1)
     return 0
 
 

@@ -41,6 +41,21 @@ class JobCounter:
             _totals[self.name] += n
 
 
+class StageTime:
+    """Milliseconds a stage (``decode``, ``embed``) spends per modality, as Beam counters.
+
+    Counted as ``<stage>_ms_<modality>``; with the objects per modality they
+    give what one core does per second for each modality, to size a cluster.
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def add(self, modality_label: str, seconds: float) -> None:
+        name = f"{self.stage}_ms_{modality_label}"
+        beam.metrics.Metrics.counter(NAMESPACE, name).inc(round(seconds * 1000))
+
+
 def totals() -> dict[str, int]:
     with _totals_lock:
         return {name: _totals[name] for name in COUNTERS}
