@@ -115,8 +115,18 @@ def print_hits(hits: list[dict], as_json: bool) -> None:
         return
     print(f"{'#':>3}  {'distance':>9}  {'id':36}  properties")
     for rank, hit in enumerate(hits, start=1):
-        props = ", ".join(f"{k}={_short(v)}" for k, v in sorted(hit["properties"].items()))
-        print(f"{rank:>3}  {hit['distance']:9.5f}  {hit['id']:36}  {props}")
+        properties = dict(hit["properties"])
+        moment = time_range(properties)
+        props = ", ".join(f"{k}={_short(v)}" for k, v in sorted(properties.items()))
+        print(f"{rank:>3}  {hit['distance']:9.5f}  {hit['id']:36}  {moment}{props}")
+
+
+def time_range(properties: dict) -> str:
+    """``"t=120–130 s  "`` for a segment (start and end taken out of ``properties``), else ""."""
+    start, end = properties.pop("segment_start_s", None), properties.pop("segment_end_s", None)
+    if start is None or end is None:
+        return ""
+    return f"t={start:g}–{end:g} s  "
 
 
 def _short(value: object, width: int = 40) -> str:

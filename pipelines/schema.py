@@ -35,6 +35,8 @@ CONFIG_KEYWORD = {
     Modality.DEPTH: "depth_fields",
 }
 SOURCE_ID = "source_id"  # where pipelines keep the id an object was made from
+PARENT_ID = "parent_id"  # a segment's source (see pipelines.ingest.segments)
+EXACT_TEXT = (SOURCE_ID, PARENT_ID)  # ids: matched whole, never split into words
 DEFAULT_VECTOR_NAME = "imagebind"
 
 
@@ -111,10 +113,17 @@ def create_bind_collection(
     return client.collections.create_from_dict(
         {
             "class": name,
-            "properties": [{"name": k, "dataType": [v.value]} for k, v in types.items()],
+            "properties": [_property(name, data_type) for name, data_type in types.items()],
             "vectorConfig": {vector_name: vector_config},
         }
     )
+
+
+def _property(name: str, data_type) -> dict:
+    prop = {"name": name, "dataType": [data_type.value]}
+    if name in EXACT_TEXT:
+        prop["tokenization"] = "field"
+    return prop
 
 
 def combine_like_weaviate(

@@ -67,6 +67,10 @@ def test_ib_ingest_shows_progress_and_the_closing_summary(stack, tmp_path):
          "nothing answers at"),
         ("ib-ingest", ["--input", "{data}", "--collection", "C", "--model", "{bad_model}",
                        "--checkpoint", "{tiny_weights}"], "imu_channels must be 6"),
+        ("ib-ingest", ["--input", "{data}", "--collection", "C", "--segment-seconds", "5",
+                       "--embed", "server"], "use --embed local"),
+        ("ib-ingest", ["--input", "{data}", "--collection", "C", "--segment-seconds", "5",
+                       "--segment-overlap", "5"], "overlap must be"),
         ("ib-query", ["--collection", "C", "--near-text", "x", "--checkpoint", "{missing}"],
          "ib-vectorizer download"),
         ("ib-query", ["--collection", "C", "--near-text", "x", "--limit", "0"], "--limit"),
@@ -101,10 +105,10 @@ def test_start_up_errors_are_one_line_and_start_nothing(tmp_path, command, args,
 
 def test_progress_line_has_an_eta_once_the_input_size_is_known():
     counts = dict.fromkeys(("read", "read_failed", "decoded", "embedded", "written", "failed"), 0)
-    counts.update(read=1000, read_failed=2)
-    assert "ETA" not in progress_line(counts, 5.0)  # still reading: the total is unknown
-    counts.update(decoded=300, embedded=250, written=200, failed=3)
+    counts.update(read=100, read_failed=2)
+    assert "ETA" not in progress_line(counts, 5.0)  # still listing: the total is unknown
+    counts.update(listed=1000, read=400, decoded=300, embedded=250, written=200, failed=3)
     line = progress_line(counts, 10.0)
-    assert line.startswith("progress: read 1000, embedded 250, written 200, failed 5; 20.0")
+    assert line.startswith("progress: read 400, embedded 250, written 200, failed 5; 20.0")
     assert line.endswith("ETA 40 s")  # (1000 - 203) / 20 per second
     assert format_seconds(3725) == "1 h 02 min" and format_seconds(125) == "2 min 05 s"

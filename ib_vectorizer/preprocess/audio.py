@@ -62,7 +62,7 @@ from ib_vectorizer.preprocess.constants import (
 )
 from ib_vectorizer.preprocess.demux import stream_frames
 
-__all__ = ["clip_bounds", "decode_audio", "load_audio", "waveform_to_fbank"]
+__all__ = ["audio_input", "clip_bounds", "decode_audio", "load_audio", "waveform_to_fbank"]
 
 # Full-scale divisors for PyAV's integer sample formats (planar or packed).
 _INT_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
@@ -82,6 +82,19 @@ def load_audio(
 ) -> torch.Tensor:
     """Decode ``data`` (WAV, FLAC, MP3, OGG, M4A, ...) to float32 (3, 1, mel bins, target_len)."""
     waveform, sample_rate = decode_audio(data, max_seconds)
+    return audio_input(waveform, sample_rate, num_mel_bins, target_len)
+
+
+def audio_input(
+    waveform: torch.Tensor,
+    sample_rate: int,
+    num_mel_bins: int = IMAGEBIND_HUGE.audio_num_mel_bins,
+    target_len: int = IMAGEBIND_HUGE.audio_target_len,
+) -> torch.Tensor:
+    """Decoded samples (channels, samples) at ``sample_rate`` → the model input (steps 2-5).
+
+    Modifies ``waveform`` in place when no resampling is needed (the mean subtraction).
+    """
     waveform = resample_to_model_rate(waveform, sample_rate)
     clips = []
     for first, stop in clip_bounds(waveform.shape[1]):
@@ -157,12 +170,13 @@ def frame_to_float(frame: av.AudioFrame) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)  # flt / dbl
 
 
-def check_wav_not_truncated(data: bytes) -> None:
+def check_wav_not_truncated(data: bytes, file_size: int | None = None) -> None:
     """Raise if a RIFF/WAVE file holds fewer sample bytes than its ``data`` chunk declares.
 
     FFmpeg trims the duration of a cut-off WAV to what is there and decodes it
     without complaint, so a half-downloaded file would silently give a vector.
     Streaming writers leave the size as 0 or 0xFFFFFFFF; those are not checked.
+    ``data`` may be just the file's head when ``file_size`` gives its length.
     """
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return
@@ -172,7 +186,7 @@ def check_wav_not_truncated(data: bytes) -> None:
         (size,) = struct.unpack("<I", data[offset + 4 : offset + 8])
         offset += 8
         if chunk_id == b"data":
-            present = len(data) - offset
+            present = (len(data) if file_size is None else file_size) - offset
             if 0 < size < 0xFFFFFFFF and present < 0.99 * size:
                 raise MediaError(
                     f"audio file is truncated: the WAV header declares {size} bytes "

@@ -46,9 +46,10 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -114,12 +115,12 @@ def load_video(
 MAX_FRAME_PIXELS = 7680 * 4320  # 8K UHD: bounds the memory a handful of kept frames take
 
 
-def open_video(data: bytes) -> av.container.InputContainer:
-    """The PyAV container of ``data``, or MediaError."""
+def open_video(data: bytes | BinaryIO) -> av.container.InputContainer:
+    """The PyAV container of ``data`` (bytes, or a readable and seekable file), or MediaError."""
     if not data:
         raise MediaError("video file is empty (0 bytes)")
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data) if isinstance(data, bytes) else data, mode="r")
     except Exception as exc:
         raise MediaError("not a decodable video file") from exc
     name = container.format.name
@@ -144,21 +145,27 @@ def first_video_stream(container: av.container.InputContainer) -> av.VideoStream
     raise MediaError("no video stream")
 
 
-def video_duration(data: bytes, container: av.container.InputContainer, stream) -> float:
-    """D in seconds: the stream header, else the container header, else the last packet."""
+def video_duration(
+    source: bytes | Callable[[], BinaryIO], container: av.container.InputContainer, stream
+) -> float:
+    """D in seconds: the stream header, else the container header, else the last packet.
+
+    ``source``: the video's bytes, or a function that opens it again (for the last packet).
+    """
     start = stream.start_time or 0
     if stream.duration is not None and stream.duration > 0:
         return float((stream.duration - start) * stream.time_base)
     if container.duration is not None and container.duration > 0:
         return container.duration / av.time_base
-    return last_packet_end(data) - float(start * stream.time_base)
+    return last_packet_end(source) - float(start * stream.time_base)
 
 
-def last_packet_end(data: bytes) -> float:
+def last_packet_end(source: bytes | Callable[[], BinaryIO]) -> float:
     """End time in seconds (pts + duration) of the first video stream's last packet."""
     end = None
+    opened = io.BytesIO(source) if isinstance(source, bytes) else source()
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with opened, av.open(opened, mode="r") as container:
             stream = first_video_stream(container)
             for packet in container.demux(stream):
                 if packet.pts is not None:
@@ -174,13 +181,18 @@ def last_packet_end(data: bytes) -> float:
     return float(end * time_base)
 
 
-def clip_windows(duration: float, time_base: Fraction, start_pts: int) -> list[tuple[int, int]]:
-    """The pts window ``[first, stop)`` of each of the five 2 s clips."""
+def clip_windows(
+    duration: float, time_base: Fraction, start_pts: int, offset: Fraction = Fraction(0)
+) -> list[tuple[int, int]]:
+    """The pts window ``[first, stop)`` of each of the five 2 s clips.
+
+    ``offset``: where the span of ``duration`` seconds starts in the stream (a segment's start).
+    """
     length = Fraction(VIDEO_CLIP_SECONDS)
     return [
         (
-            math.ceil(start / time_base) + start_pts,
-            math.ceil((start + length) / time_base) + start_pts,
+            math.ceil((offset + start) / time_base) + start_pts,
+            math.ceil((offset + start + length) / time_base) + start_pts,
         )
         for start in clip_starts(duration, VIDEO_CLIP_SECONDS, VIDEO_CLIPS)
     ]

@@ -44,7 +44,7 @@ class ReadyObject:
     @property
     def views(self) -> int:
         """Encoder passes this object costs, for sizing batches."""
-        return max(1, sum(self.modalities[name].views_per_item for name in self.media))
+        return max(1, sum(modality.views_per_item for modality in self.modalities.values()))
 
     def num_bytes(self) -> int:
         """Raw media plus decoded model inputs: what this object holds in memory."""

@@ -22,7 +22,7 @@ import apache_beam as beam
 from ib_vectorizer.options import ModelOptions
 from ib_vectorizer.retry import call_with_retries
 
-from ..schema import MediaField
+from ..schema import PARENT_ID, MediaField
 from .decode import ReadyObject
 from .objects import object_uuid
 from .progress import JobCounter
@@ -123,15 +123,23 @@ def skip_unchanged(objects, target: WeaviateTarget):
     )
 
 
+def _source_key(uuid: str, parent_id: str | None) -> str:
+    """What decides whether a stored object's source is still there: its id, or its parent's."""
+    return f"parent:{parent_id}" if parent_id else uuid
+
+
 class _StoredIds(beam.DoFn):
-    """The collection → the uuid of every object in it (a cursor over the whole collection)."""
+    """The collection → (source key, uuid) of every object in it (a cursor over all of it)."""
 
     def process(self, target: WeaviateTarget):
         client = target.connect()
         try:
             collection = client.collections.get(target.collection)
-            for obj in collection.iterator(return_properties=[]):
-                yield str(obj.uuid)
+            names = {p.name for p in collection.config.get().properties}
+            shown = [PARENT_ID] if PARENT_ID in names else []
+            for obj in collection.iterator(return_properties=shown):
+                uuid = str(obj.uuid)
+                yield _source_key(uuid, obj.properties.get(PARENT_ID)), uuid
         finally:
             client.close()
 
@@ -158,26 +166,36 @@ class DeleteMissing(beam.PTransform):
     """Deletes the collection's objects whose source is not among ``read`` (SourceObjects).
 
     The stored ids are listed when the pipeline starts, so objects this run
-    writes are never candidates.
+    writes are never candidates. ``segmented`` tells which sources this run
+    cuts into segments: those keep their segments (matched by ``parent_id``)
+    and lose a whole-file object; the others keep their object and lose any
+    segments an earlier run made.
     """
 
-    def __init__(self, target: WeaviateTarget) -> None:
+    def __init__(self, target: WeaviateTarget, segmented=None) -> None:
         super().__init__()
         self.target = target
+        self.segmented = segmented
 
     def expand(self, read):
-        present = read | "PresentIds" >> beam.Map(lambda o: (object_uuid(o.source_id), "present"))
+        segmented = self.segmented
+
+        def present_key(obj) -> tuple[str, str]:
+            if segmented is not None and segmented(obj):
+                return _source_key("", obj.source_id), ""
+            return _source_key(object_uuid(obj.source_id), None), ""
+
+        present = read | "PresentIds" >> beam.Map(present_key)
         stored = (
             read.pipeline
             | "Collection" >> beam.Create([self.target])
             | "StoredIds" >> beam.ParDo(_StoredIds())
-            | "KeyStored" >> beam.Map(lambda uuid: (uuid, "stored"))
         )
         return (
             (present, stored)
             | "Both" >> beam.Flatten()
-            | "ById" >> beam.GroupByKey()
-            | "OnlyStored" >> beam.FlatMap(lambda kv: [kv[0]] if set(kv[1]) == {"stored"} else [])
+            | "BySource" >> beam.GroupByKey()
+            | "OnlyStored" >> beam.FlatMap(lambda kv: [] if "" in kv[1] else list(kv[1]))
             | "BatchDeletes" >> beam.BatchElements(min_batch_size=1, max_batch_size=LOOKUP_BATCH)
             | "Delete" >> beam.ParDo(_DeleteObjects(self.target))
         )

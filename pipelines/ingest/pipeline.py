@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions, add_flags, from_sources
 from ib_vectorizer.preprocess import Preprocessor
+from ib_vectorizer.preprocess.segments import SegmentRule
 
 from ..command import (
     CommandError,
@@ -35,7 +36,13 @@ from ..command import (
     console_logging,
     fail,
 )
-from ..schema import SOURCE_ID, MediaField, combine_like_weaviate, create_bind_collection
+from ..schema import (
+    EXACT_TEXT,
+    SOURCE_ID,
+    MediaField,
+    combine_like_weaviate,
+    create_bind_collection,
+)
 from ..stack import StackError
 from .decode import FAILURES, Decode, ReadFields, ReadyObject
 from .incremental import CONTENT_HASH, DeleteMissing, model_fingerprint, skip_unchanged
@@ -43,6 +50,7 @@ from .inputs import InputSpec, parse_modality_columns, plan_fields
 from .model_handler import EmbeddedObject, ImageBindModelHandler
 from .objects import Failure, object_uuid
 from .progress import COUNTERS, NAMESPACE, JobCounter, ProgressReporter
+from .segments import SEGMENTED, Segments, is_segmented, parse_rule, segment_properties
 from .server_embed import ServerModelHandler
 from .sources import ReadObjects
 from .write import WeaviateObject, WeaviateTarget, WriteToWeaviate
@@ -68,6 +76,7 @@ class IngestConfig:
     fingerprint: str = ""  # of the embedder and the fields (see incremental.model_fingerprint)
     force: bool = False  # embed and write every object, changed or not
     delete_missing: bool = False  # delete objects whose source is gone
+    segments: SegmentRule | None = None  # cut audio and video into segments (local embedding)
 
 
 def to_weaviate_object(
@@ -136,21 +145,32 @@ def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget)
     preprocessor = (
         Preprocessor.for_model(config.model.config()) if config.embed == "local" else None
     )
-    fields = read.objects | "ReadFields" >> beam.ParDo(ReadFields(config.fingerprint)).with_outputs(
+    objects, failures, segments = read.objects, [read.failures], None
+    if config.segments is not None:  # long media: one object per segment, decoded as a stream
+        long_media, objects = read.objects | "SplitLongMedia" >> beam.Partition(
+            lambda obj, _: 0 if is_segmented(obj) else 1, 2
+        )
+        segments, segment_failures = long_media | "Segments" >> Segments(
+            target, preprocessor, config.segments, config.fingerprint, config.force
+        )
+        failures.append(segment_failures)
+    fields = objects | "ReadFields" >> beam.ParDo(ReadFields(config.fingerprint)).with_outputs(
         FAILURES, main="ready"
     )
     todo = fields.ready if config.force else skip_unchanged(fields.ready, target)
     decoded = todo | "Decode" >> beam.ParDo(Decode(preprocessor)).with_outputs(
         FAILURES, main="ready"
     )
-    failures = [read.failures, fields[FAILURES], decoded[FAILURES]]
+    failures += [fields[FAILURES], decoded[FAILURES]]
+    ready = decoded.ready
+    if segments is not None:
+        ready = (decoded.ready, segments) | "WithSegments" >> beam.Flatten()
     if config.delete_missing:
-        _ = read.objects | "DeleteMissing" >> DeleteMissing(target)
+        segmented = is_segmented if config.segments is not None else None
+        _ = read.objects | "DeleteMissing" >> DeleteMissing(target, segmented)
 
     if config.embed == "weaviate":  # Weaviate calls the module itself
-        objects = decoded.ready | "AsObjects" >> beam.Map(
-            lambda r: to_weaviate_object(r, None, config)
-        )
+        objects = ready | "AsObjects" >> beam.Map(lambda r: to_weaviate_object(r, None, config))
     else:
         from apache_beam.ml.inference.base import RunInference
 
@@ -160,7 +180,7 @@ def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget)
             )
         else:
             handler = ServerModelHandler(config.vectorizer_url, config.max_batch_views)
-        embedded, dlq = decoded.ready | "Embed" >> RunInference(handler).with_exception_handling()
+        embedded, dlq = ready | "Embed" >> RunInference(handler).with_exception_handling()
         failures.append(dlq.failed_inferences | "EmbedFailures" >> beam.FlatMap(_batch_failures))
         combined = embedded | "Combine" >> beam.ParDo(_Combine(config)).with_outputs(
             FAILURES, main="objects"
@@ -247,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often a progress line goes to stderr (default 10)",
     )
     p.add_argument(
+        "--segment-seconds",
+        type=float,
+        help="cut each audio and video file into segments of this many seconds, one object "
+        "each (id: source#t=start,end); needs --embed local",
+    )
+    p.add_argument(
+        "--segment-overlap",
+        type=float,
+        default=0.0,
+        help="seconds each segment overlaps the one before (default 0)",
+    )
+    p.add_argument(
         "--metrics-json",
         help="write the job's counters (and per-modality decode/embed ms) to this JSON file",
     )
@@ -288,11 +320,13 @@ def summarize(result, started: float, dead_letter: str) -> dict[str, int]:
         counts[name] = counts.get(name, 0) + (counter.committed or counter.attempted or 0)
     elapsed = time.perf_counter() - started
     failed = counts["failed"] + counts["read_failed"]
+    segments = f" (cut into {counts['segments']} segments)" if counts["segments"] else ""
     log.info(
-        "done in %.1f s: read %d, embedded %d, written %d, failed %d, unchanged %d, deleted %d "
+        "done in %.1f s: read %d%s, embedded %d, written %d, failed %d, unchanged %d, deleted %d "
         "(%.1f objects/s)%s",
         elapsed,
         counts["read"],
+        segments,
         counts["embedded"],
         counts["written"],
         failed,
@@ -322,6 +356,11 @@ def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
         raise CommandError("--embed weaviate needs the media in Weaviate; drop --store-uri")
     if args.progress_seconds <= 0:
         raise CommandError("--progress-seconds must be positive")
+    if parse_rule(args.segment_seconds, args.segment_overlap) and args.embed != "local":
+        raise CommandError(
+            "--segment-seconds cuts and embeds segments in the job itself: use --embed local "
+            "(a server and Weaviate embed whole files)"
+        )
     model = from_sources(ModelOptions, args)
     if args.weaviate_url:
         if args.embed == "server" and not args.vectorizer_url:
@@ -353,7 +392,8 @@ def run(
             url, grpc_port = stack.endpoints.weaviate_http, stack.endpoints.weaviate_grpc_port
             vectorizer = args.vectorizer_url or stack.endpoints.vectorizer
         target = WeaviateTarget(url, grpc_port, args.collection, args.weaviate_api_key)
-        prepare_collection(target, fields, args.store_uri)
+        rule = parse_rule(args.segment_seconds, args.segment_overlap)
+        prepare_collection(target, fields, args.store_uri, segmented=rule is not None)
         meta = fetch_meta(vectorizer) if vectorizer and args.embed != "local" else None
         config = IngestConfig(
             spec=spec,
@@ -369,6 +409,7 @@ def run(
             fingerprint=model_fingerprint(args.embed, model, fields, meta),
             force=args.force,
             delete_missing=args.delete_missing,
+            segments=rule,
         )
         started = time.perf_counter()
         pipeline = beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
@@ -395,23 +436,34 @@ def fetch_meta(vectorizer: str) -> dict | None:
         return None
 
 
-def prepare_collection(target: WeaviateTarget, fields, store_uri: bool) -> None:
+def prepare_collection(
+    target: WeaviateTarget, fields, store_uri: bool, segmented: bool = False
+) -> None:
     """Create the collection with the multi2vec-bind config unless it exists.
 
-    A collection made before content hashes were stored (or by hand) gets the
-    ``content_hash`` property added, so re-runs can look hashes up in it.
+    A collection made before content hashes were stored (or by hand), or
+    before segments were, gets the properties added, so re-runs can look
+    hashes and segments up in it.
     """
-    from weaviate.classes.config import DataType, Property
+    from weaviate.classes.config import DataType, Property, Tokenization
 
     client = target.connect()
     try:
         metadata = {f"{f.name}_uri": DataType.TEXT for f in fields} if store_uri else {}
+        if segmented:
+            uris = {f"{f.name}_uri": DataType.TEXT for f in fields if f.modality in SEGMENTED}
+            metadata.update({**uris, **segment_properties()})
         metadata[CONTENT_HASH] = DataType.TEXT
         collection = create_bind_collection(
             client, target.collection, list(fields), metadata, VECTOR_NAME
         )
-        if CONTENT_HASH not in {p.name for p in collection.config.get().properties}:
-            collection.config.add_property(Property(name=CONTENT_HASH, data_type=DataType.TEXT))
+        present = {p.name for p in collection.config.get().properties}
+        for name, data_type in metadata.items():
+            if name not in present and (name == CONTENT_HASH or segmented):
+                exact = Tokenization.FIELD if name in EXACT_TEXT else None
+                collection.config.add_property(
+                    Property(name=name, data_type=data_type, tokenization=exact)
+                )
     finally:
         client.close()
 

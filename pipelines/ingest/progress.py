@@ -19,7 +19,8 @@ import apache_beam as beam
 
 NAMESPACE = "ib_ingest"
 COUNTERS = (
-    "read", "read_failed", "unchanged", "decoded", "embedded", "written", "deleted", "failed",
+    "listed", "read", "read_failed", "unchanged", "decoded", "segments", "embedded", "written",
+    "deleted", "failed",
 )  # fmt: skip
 
 log = logging.getLogger("ib_ingest")
@@ -69,8 +70,9 @@ def reset_totals() -> None:
 def progress_line(counts: dict[str, int], elapsed_s: float) -> str:
     """``read R, embedded E, written W, failed F; X objects/s[, ETA T]``.
 
-    Reading ends before decoding starts (a reshuffle lies between them), so
-    once anything is decoded the number of objects is known and an ETA follows.
+    Listing (files, manifest rows) ends before decoding starts (a reshuffle
+    lies between them), so once anything is decoded the number of objects is
+    known and an ETA follows.
     """
     failed = counts["failed"] + counts.get("read_failed", 0)
     unchanged = counts.get("unchanged", 0)
@@ -81,8 +83,8 @@ def progress_line(counts: dict[str, int], elapsed_s: float) -> str:
         f"progress: read {counts['read']}, {skipped}embedded {counts['embedded']}, "
         f"written {counts['written']}, failed {failed}; {rate:.1f} objects/s"
     )
-    total = counts["read"]
-    if counts["decoded"] and rate > 0 and total > done:
+    total = max(counts.get("listed", 0), counts["read"])
+    if counts["decoded"] and rate > 0 and total > done and not counts.get("segments"):
         line += f", ETA {format_seconds((total - done) / rate)}"
     return line
 

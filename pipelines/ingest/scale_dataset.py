@@ -39,7 +39,7 @@ CORRUPT_SHARE = 0.01
 PHOTO_MEGAPIXELS = (0.3, 12.0)
 AUDIO_SECONDS = (5.0, 600.0)
 VIDEO_SECONDS = (10.0, 300.0)
-FILES_PER_FOLDER = 1000  # like a camera roll's day folders
+FILES_PER_FOLDER = 1000  # like a camera roll's day folders, modalities mixed
 POOL = {"image": 64, "audio": 18, "video": 10}  # encoded originals per modality
 AUDIO_FORMATS = (("m4a", 48_000, 1), ("mp3", 44_100, 2), ("m4a", 48_000, 1), ("wav", 16_000, 1))
 PLAN_FILE = ".dataset.json"  # hidden: ib-ingest skips it
@@ -86,7 +86,7 @@ def write_dataset(root: Path, objects: int, seed: int = 0) -> DatasetPlan:
     counts, corrupt = split_counts(objects)
     plan = DatasetPlan(objects=objects, seed=seed, counts=dict(counts))
     rng = np.random.default_rng(seed)
-    writer = _Writer(root, plan)
+    writer = _Writer(root, plan, rng.permutation(objects))
     for modality, count in counts.items():
         log.info("writing %d %s files", count, modality)
         make = {
@@ -96,24 +96,30 @@ def write_dataset(root: Path, objects: int, seed: int = 0) -> DatasetPlan:
             "audio": _recordings,
             "video": _videos,
         }[modality]
-        for index, (suffix, data) in enumerate(make(rng, count)):
-            writer.write(modality, index, suffix, data)
-    for index, (modality, suffix, data) in enumerate(_corrupt_files(rng, corrupt)):
-        source_id = writer.write(modality, counts.get(modality, 0) + index, suffix, data)
-        plan.corrupt.append(source_id)
+        for suffix, data in make(rng, count):
+            writer.write(suffix, data)
+    for suffix, data in _corrupt_files(rng, corrupt):
+        plan.corrupt.append(writer.write(suffix, data))
     plan_path.write_text(json.dumps(asdict(plan), indent=1))
     log.info("dataset: %d files, %.1f GB in %s", objects, plan.bytes_on_disk / 1e9, root)
     return plan
 
 
 class _Writer:
-    def __init__(self, root: Path, plan: DatasetPlan) -> None:
+    """Files named by a shuffled position, so every folder mixes modalities like a camera roll.
+
+    The extension tells ``ib-ingest`` the modality; the order in which a runner
+    lists the files is then a mix, as it is for users.
+    """
+
+    def __init__(self, root: Path, plan: DatasetPlan, positions: np.ndarray) -> None:
         self.root = root
         self.plan = plan
+        self.positions = iter(positions.tolist())
 
-    def write(self, modality: str, index: int, suffix: str, data: bytes) -> str:
-        folder = f"{modality}/{index // FILES_PER_FOLDER:04d}"
-        source_id = f"{folder}/{index:07d}.{suffix}"
+    def write(self, suffix: str, data: bytes) -> str:
+        position = next(self.positions)
+        source_id = f"{position // FILES_PER_FOLDER:04d}/{position:07d}.{suffix}"
         path = self.root / source_id
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -294,7 +300,7 @@ def _videos(rng: np.random.Generator, count: int):
 
 
 def _corrupt_files(rng: np.random.Generator, count: int):
-    """(modality, suffix, bytes) of files that no decoder accepts, seven kinds in turn."""
+    """(suffix, bytes) of files that no decoder accepts, seven kinds in turn."""
     jpeg = photo(rng, 0.3)
     wav = recording(rng, 5.0, AUDIO_FORMATS[-1])
     kinds = [
@@ -307,5 +313,5 @@ def _corrupt_files(rng: np.random.Generator, count: int):
         ("imu", "csv", lambda: b"gyro_x,gyro_y,gyro_z,accl_x,accl_y,accl_z\nup,down,left,a,b,c\n"),
     ]
     for index in range(count):
-        modality, suffix, make = kinds[index % len(kinds)]
-        yield modality, suffix, make()
+        _, suffix, make = kinds[index % len(kinds)]
+        yield suffix, make()

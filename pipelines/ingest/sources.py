@@ -176,6 +176,15 @@ class _ReadJsonLines(beam.DoFn):
                 yield _Row(f"{file.path}:line {number}", manifest_dir, line)
 
 
+_LISTED = JobCounter("listed")
+
+
+def _count_listed(item):
+    """Counts what was listed before the reshuffle: the input's size, known before decoding."""
+    _LISTED.inc()
+    return item
+
+
 class ReadObjects(beam.PTransform):
     """Reads a directory or manifest into ``SourceObject``s.
 
@@ -203,6 +212,7 @@ class ReadObjects(beam.PTransform):
             candidates = (
                 pbegin
                 | "MatchFiles" >> fileio.MatchFiles(f"{root}/**")
+                | "CountListed" >> beam.Map(_count_listed)
                 | "Reshuffle" >> beam.Reshuffle()
             )
             to_objects: _ToObjects = _FilesToObjects(root)
@@ -219,7 +229,9 @@ class ReadObjects(beam.PTransform):
                 rows = files | "ReadCsv" >> beam.ParDo(_ReadCsvRows(spec.id_column))
             else:
                 rows = files | "ReadLines" >> beam.ParDo(_ReadJsonLines())
-            candidates = rows | "Reshuffle" >> beam.Reshuffle()
+            candidates = rows | "CountListed" >> beam.Map(_count_listed) | "Reshuffle" >> (
+                beam.Reshuffle()
+            )
             to_objects = _RowsToObjects(spec)
         return candidates | "ToObjects" >> beam.ParDo(to_objects).with_outputs(
             FAILURES, main=OBJECTS
