@@ -11,8 +11,8 @@ import torch
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
-from pipelines.ingest.decode import ReadyObject
 from pipelines.ingest.model_handler import ImageBindModelHandler
+from pipelines.ingest.ready import ReadyObject
 from pipelines.ingest.server_embed import (
     ServerModelHandler,
     Vectorizer,

@@ -2,6 +2,7 @@
 
     python -m pipelines.ingest.bench --objects 400 [--modality image] [--data-dir D]
     python -m pipelines.ingest.bench --scale 100000 [--dataset DIR]   (see scale_bench)
+    python -m pipelines.ingest.bench --long-audio 10 120   (segmented, peak RSS per length)
 
 Generates N synthetic objects (deterministic media in a temporary directory),
 starts the local stack (or uses ``--weaviate-url``/``--vectorizer-url``), then
@@ -99,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset", help="with --scale: where the dataset is written, or reused (default: temp)"
     )
+    parser.add_argument(
+        "--long-audio",
+        type=float,
+        nargs="+",
+        metavar="MINUTES",
+        help="instead: ingest one recording of each length in 10 s segments, print peak RSS",
+    )
     add_flags(parser.add_argument_group("model"), ModelOptions)
     args, beam_args = parser.parse_known_args(argv)
 
@@ -116,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     model = from_sources(ModelOptions, args)
     if args.scale is not None:
         return scale(args, model, beam_args)
+    if args.long_audio:
+        return long_audio(args, model)
     with tempfile.TemporaryDirectory(prefix="ib-ingest-bench-") as tmp:
         root = Path(tmp) / "data"
         paths = make_dataset(root, args.objects, args.modality)
@@ -193,6 +203,17 @@ def scale(args, model: ModelOptions, extra: list[str]) -> int:
         log.info("job logs in %s", work)
         with LocalStack(args.data_dir or work / "stack", model) as stack:
             return run_scale(plan, root, work, model, stack, extra)
+
+
+def long_audio(args, model: ModelOptions) -> int:
+    """``--long-audio 10 120``: memory of segmented ingestion against the recording's length."""
+    from ..stack import LocalStack
+    from .scale_bench import run_long_audio
+
+    with tempfile.TemporaryDirectory(prefix="ib-ingest-long-") as tmp:
+        stack = LocalStack(args.data_dir or Path(tmp) / "stack", model)
+        with stack:
+            return run_long_audio(Path(tmp), sorted(args.long_audio), model, stack)
 
 
 if __name__ == "__main__":

@@ -3,92 +3,61 @@
 A failure fails only its object: the object goes to the dead-letter output
 (stage ``read`` or ``decode``) with the field and the reason, and the rest of
 the bundle carries on.
+
+With ``--segment-seconds``, an audio or video source takes the same steps as
+a :class:`~.segments.Source`: hashed here without being read into memory,
+cut into segments by :class:`Decode`. The steps dispatch on the element
+rather than splitting the stream and merging it again, because a merge
+(Flatten) is where a runner may hold a whole PCollection in memory.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import apache_beam as beam
-import torch
-from apache_beam.io.filesystems import FileSystems
 
-from ib_vectorizer.errors import InputError
-from ib_vectorizer.modalities import Modality
+from ib_vectorizer.errors import InputError, MediaError
 from ib_vectorizer.preprocess import Preprocessor
+from ib_vectorizer.preprocess.segments import SegmentRule
 
-from .objects import Failure, FieldValue, SourceObject
+from .objects import Failure, SourceObject
 from .progress import JobCounter, StageTime
+from .ready import ReadyObject, read_field
+from .segments import SegmentCutter, Source, hash_source, is_segmented
+from .write import CollectionDoFn, WeaviateTarget
 
 FAILURES = "failures"
-
-
-@dataclass
-class ReadyObject:
-    """An object whose fields are read (and, for local embedding, preprocessed)."""
-
-    source_id: str
-    source: str
-    properties: dict[str, Any]
-    media: dict[str, bytes | str]  # property → raw bytes (media) or text
-    modalities: dict[str, Modality]
-    uris: dict[str, str] = field(default_factory=dict)
-    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # property → model input
-    content_hash: str = ""  # of the inputs and the embedder (see content_hash)
-
-    @property
-    def views(self) -> int:
-        """Encoder passes this object costs, for sizing batches."""
-        return max(1, sum(modality.views_per_item for modality in self.modalities.values()))
-
-    def num_bytes(self) -> int:
-        """Raw media plus decoded model inputs: what this object holds in memory."""
-        raw = sum(len(content) for content in self.media.values())
-        return raw + sum(t.numel() * t.element_size() for t in self.inputs.values())
-
-    def wire_item(self, name: str) -> str:
-        """Field ``name`` as Weaviate stores and sends it: text as is, media as base64."""
-        content = self.media[name]
-        return content if isinstance(content, str) else base64.b64encode(content).decode("ascii")
-
-
-def read_field(value: FieldValue) -> bytes | str:
-    """The field's content: text as str, media as bytes (from a URI or inline)."""
-    if value.text is not None:
-        return value.text
-    if value.data is not None:
-        return value.data
-    with FileSystems.open(value.uri) as handle:
-        data = handle.read()
-    if value.modality is Modality.TEXT:
-        return data.decode("utf-8")
-    return data
 
 
 class ReadFields(beam.DoFn):
     """SourceObject → ReadyObject with its bytes and content hash, or a ``read`` Failure."""
 
-    def __init__(self, fingerprint: str) -> None:
-        """``fingerprint``: what embeds the objects (model, weights, fields), for the hash."""
+    def __init__(self, fingerprint: str, segments: SegmentRule | None = None) -> None:
+        """``fingerprint``: what embeds the objects (model, weights, fields), for the hash.
+
+        ``segments``: the rule that cuts audio and video sources, if any.
+        """
         self.fingerprint = fingerprint
+        self.segments = segments
         self.failed = JobCounter("failed")
 
     def process(self, obj: SourceObject):
+        if self.segments is not None and is_segmented(obj):
+            try:
+                yield hash_source(obj, self.fingerprint, self.segments)
+            except Exception as err:  # OSError, a URI scheme no FileSystem serves
+                name, value = next(iter(obj.fields.items()))
+                yield self._failure(obj, f"{name}: cannot read {value.describe()}: {err}")
+            return
         media: dict[str, bytes | str] = {}
         for name, value in obj.fields.items():
             try:
                 media[name] = read_field(value)
             except Exception as err:  # OSError, bad UTF-8, a URI scheme no FileSystem serves
-                reason = f"{name}: cannot read {value.describe()}: {err}"
-                self.failed.inc()
-                yield beam.pvalue.TaggedOutput(
-                    FAILURES, Failure(obj.source_id, obj.source, "read", reason)
-                )
+                yield self._failure(obj, f"{name}: cannot read {value.describe()}: {err}")
                 return
         ready = ReadyObject(
             source_id=obj.source_id,
@@ -101,18 +70,43 @@ class ReadFields(beam.DoFn):
         ready.content_hash = content_hash(self.fingerprint, ready)
         yield ready
 
+    def _failure(self, obj: SourceObject, reason: str) -> beam.pvalue.TaggedOutput:
+        self.failed.inc()
+        return beam.pvalue.TaggedOutput(
+            FAILURES, Failure(obj.source_id, obj.source, "read", reason)
+        )
 
-class Decode(beam.DoFn):
-    """Media → model input (local embedding), or a ``decode`` Failure naming the field."""
 
-    def __init__(self, preprocessor: Preprocessor | None) -> None:
+class Decode(CollectionDoFn):
+    """Media → model input (local embedding), or a ``decode`` Failure naming the field.
+
+    A :class:`~.segments.Source` becomes its segments, each a ReadyObject with
+    its model input, yielded as the stream is decoded.
+    """
+
+    def __init__(
+        self,
+        preprocessor: Preprocessor | None,
+        target: WeaviateTarget,
+        segments: SegmentRule | None = None,
+    ) -> None:
         """``preprocessor``: the model's (local embedding), or None to keep the raw bytes."""
+        super().__init__(target)
         self.preprocessor = preprocessor
+        self.cutter = SegmentCutter(preprocessor, segments) if segments is not None else None
         self.decoded = JobCounter("decoded")
+        self.segments = JobCounter("segments")
         self.failed = JobCounter("failed")
         self.time = StageTime("decode")
 
-    def process(self, ready: ReadyObject):
+    def setup(self) -> None:
+        if self.cutter is not None:  # Weaviate only for deleting a changed source's segments
+            super().setup()
+
+    def process(self, ready: ReadyObject | Source):
+        if isinstance(ready, Source):
+            yield from self._cut(ready)
+            return
         if self.preprocessor is not None:
             for name, content in ready.media.items():
                 modality = ready.modalities[name]
@@ -130,7 +124,27 @@ class Decode(beam.DoFn):
         self.decoded.inc()
         yield ready
 
-    def _failure(self, ready: ReadyObject, reason: str) -> beam.pvalue.TaggedOutput:
+    def _cut(self, source: Source):
+        name, value = source.field, source.obj.fields[source.field]
+        started = time.perf_counter()
+        try:
+            for segment in self.cutter.cut(source, self._collection):
+                self.segments.inc()
+                yield segment
+        except InputError as err:
+            yield self._failure(source.obj, f"{name} ({err.modality}): {err.reason}")
+            return
+        except MediaError as err:
+            yield self._failure(source.obj, f"{name} ({value.modality.value}): {err}")
+            return
+        except Exception as err:  # a decoder bug must not stop the job either
+            yield self._failure(source.obj, f"{name}: {type(err).__name__}: {err}")
+            return
+        finally:
+            self.time.add(value.modality.label, time.perf_counter() - started)
+        self.decoded.inc()
+
+    def _failure(self, ready: ReadyObject | SourceObject, reason: str):
         self.failed.inc()
         failure = Failure(ready.source_id, ready.source, "decode", reason)
         return beam.pvalue.TaggedOutput(FAILURES, failure)

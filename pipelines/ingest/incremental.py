@@ -23,9 +23,10 @@ from ib_vectorizer.options import ModelOptions
 from ib_vectorizer.retry import call_with_retries
 
 from ..schema import PARENT_ID, MediaField
-from .decode import ReadyObject
 from .objects import object_uuid
 from .progress import JobCounter
+from .ready import ReadyObject
+from .segments import Source, complete_sources
 from .write import BACKOFF, CollectionDoFn, WeaviateTarget
 
 log = logging.getLogger(__name__)
@@ -84,15 +85,30 @@ def model_fingerprint(
 
 
 class SkipUnchanged(CollectionDoFn):
-    """A batch of ReadyObjects → those whose stored hash differs (new or changed)."""
+    """A batch of ReadyObjects → those whose stored hash differs (new or changed).
+
+    A segmented :class:`~.segments.Source` in the batch is unchanged when all
+    its segments are stored with its hash.
+    """
 
     def __init__(self, target: WeaviateTarget) -> None:
         super().__init__(target)
         self.unchanged = JobCounter("unchanged")
 
-    def process(self, batch: list[ReadyObject]):
-        stored = self._stored_hashes([object_uuid(o.source_id) for o in batch])
-        for obj in batch:
+    def process(self, batch: list[ReadyObject | Source]):
+        sources = [item for item in batch if isinstance(item, Source)]
+        objects = [item for item in batch if not isinstance(item, Source)]
+        if sources:
+            complete = complete_sources(self._collection, [s.segment_hash for s in sources])
+            for source in sources:
+                if source.obj.source_id in complete:
+                    self.unchanged.inc()
+                else:
+                    yield source
+        if not objects:
+            return
+        stored = self._stored_hashes([object_uuid(o.source_id) for o in objects])
+        for obj in objects:
             if stored.get(object_uuid(obj.source_id)) == obj.content_hash:
                 self.unchanged.inc()
             else:

@@ -25,9 +25,9 @@ from ib_vectorizer.embedder import Embedder
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
 
-from .decode import ReadyObject
 from .paths import has_scheme, local_copy
 from .progress import StageTime
+from .ready import ReadyObject
 
 
 @dataclass

@@ -50,7 +50,7 @@ from .inputs import InputSpec, parse_modality_columns, plan_fields
 from .model_handler import EmbeddedObject, ImageBindModelHandler
 from .objects import Failure, object_uuid
 from .progress import COUNTERS, NAMESPACE, JobCounter, ProgressReporter
-from .segments import SEGMENTED, Segments, is_segmented, parse_rule, segment_properties
+from .segments import SEGMENTED, is_segmented, parse_rule, segment_properties
 from .server_embed import ServerModelHandler
 from .sources import ReadObjects
 from .write import WeaviateObject, WeaviateTarget, WriteToWeaviate
@@ -145,26 +145,15 @@ def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget)
     preprocessor = (
         Preprocessor.for_model(config.model.config()) if config.embed == "local" else None
     )
-    objects, failures, segments = read.objects, [read.failures], None
-    if config.segments is not None:  # long media: one object per segment, decoded as a stream
-        long_media, objects = read.objects | "SplitLongMedia" >> beam.Partition(
-            lambda obj, _: 0 if is_segmented(obj) else 1, 2
-        )
-        segments, segment_failures = long_media | "Segments" >> Segments(
-            target, preprocessor, config.segments, config.fingerprint, config.force
-        )
-        failures.append(segment_failures)
-    fields = objects | "ReadFields" >> beam.ParDo(ReadFields(config.fingerprint)).with_outputs(
-        FAILURES, main="ready"
-    )
+    fields = read.objects | "ReadFields" >> beam.ParDo(
+        ReadFields(config.fingerprint, config.segments)
+    ).with_outputs(FAILURES, main="ready")
     todo = fields.ready if config.force else skip_unchanged(fields.ready, target)
-    decoded = todo | "Decode" >> beam.ParDo(Decode(preprocessor)).with_outputs(
-        FAILURES, main="ready"
-    )
-    failures += [fields[FAILURES], decoded[FAILURES]]
+    decoded = todo | "Decode" >> beam.ParDo(
+        Decode(preprocessor, target, config.segments)
+    ).with_outputs(FAILURES, main="ready")
+    failures = [read.failures, fields[FAILURES], decoded[FAILURES]]
     ready = decoded.ready
-    if segments is not None:
-        ready = (decoded.ready, segments) | "WithSegments" >> beam.Flatten()
     if config.delete_missing:
         segmented = is_segmented if config.segments is not None else None
         _ = read.objects | "DeleteMissing" >> DeleteMissing(target, segmented)

@@ -246,3 +246,33 @@ def report(plan, first: JobRun, rerun: JobRun, server_peaks, checks, stored: int
     lines.append("")
     lines += [f"{'ok ' if ok else 'FAILED'} {what}" for what, ok in checks.items()]
     return "\n".join(lines)
+
+
+def run_long_audio(work: Path, minutes: list[float], model: ModelOptions, stack) -> int:
+    """Ingest one recording of each length in segments; print the job's peak RSS for each.
+
+    Streaming decode keeps the job's memory flat: the longest file should
+    cost what the shortest does, far below its decoded size.
+    """
+    from .scale_dataset import write_long_recording
+
+    rows = []
+    for length in minutes:
+        root = work / f"long-{length:g}min"
+        (root / "audio").mkdir(parents=True, exist_ok=True)
+        write_long_recording(root / "audio" / "recording.wav", length)
+        command = ingest_command(
+            root, f"Long{int(length)}M{int(time.time())}", stack.endpoints, model,
+            work / f"long-{length:g}.jsonl", ["--segment-seconds", "10"],
+        )  # fmt: skip
+        run = run_job(command, work / f"long-{length:g}.json", work / f"long-{length:g}.log")
+        decoded = length * 60 * 48_000 * 2 * 4  # float32 samples, were it decoded whole
+        rows.append((length, run.counters.get("segments", 0), run.elapsed_s, run.peak_rss, decoded))
+    print("| recording (48 kHz stereo WAV) | segments of 10 s | job wall time | "
+          "job peak RSS | decoded whole would be |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for length, segments, elapsed, peak, decoded in rows:
+        print(f"| {length:g} min | {segments} | {elapsed:.0f} s | {_mib(peak)} | {_mib(decoded)} |")
+    growth = rows[-1][3] - rows[0][3]
+    print(f"peak RSS growth from {rows[0][0]:g} to {rows[-1][0]:g} min: {_mib(growth)}")
+    return 0

@@ -315,3 +315,16 @@ def _corrupt_files(rng: np.random.Generator, count: int):
     for index in range(count):
         _, suffix, make = kinds[index % len(kinds)]
         yield suffix, make()
+
+
+def write_long_recording(path: Path, minutes: float, rate: int = 48_000) -> None:
+    """A stereo 16-bit WAV of ``minutes`` (quiet noise), written a second at a time."""
+    import wave
+
+    rng = np.random.default_rng(1)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        for _ in range(round(minutes * 60)):
+            out.writeframes(rng.integers(-8000, 8000, (rate, 2), dtype=np.int16).tobytes())

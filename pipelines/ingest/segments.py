@@ -22,15 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from ib_vectorizer.errors import MediaError
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.preprocess import Preprocessor
 from ib_vectorizer.preprocess.segments import (
+    Segment,
     SegmentRule,
     audio_segments,
     open_bytes,
@@ -39,10 +39,9 @@ from ib_vectorizer.preprocess.segments import (
 from ib_vectorizer.retry import call_with_retries
 
 from ..schema import PARENT_ID
-from .decode import FAILURES, ReadyObject, read_field
-from .objects import Failure, SourceObject, object_uuid
-from .progress import JobCounter
-from .write import BACKOFF, CollectionDoFn, WeaviateTarget
+from .objects import SourceObject, object_uuid
+from .ready import ReadyObject, read_field
+from .write import BACKOFF
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,6 @@ SEGMENT_END = "segment_end_s"
 SEGMENT_INDEX = "segment_index"
 SEGMENT_COUNT = "segment_count"  # on the last segment only; 0 on the others
 SEGMENTED = (Modality.AUDIO, Modality.VIDEO)
-LOOKUP_BATCH = 100  # sources per aggregate query
 _CHUNK = 1 << 20
 
 
@@ -94,106 +92,76 @@ class Source:
         return next(iter(self.obj.fields))
 
 
-class HashSources(beam.DoFn):
-    """SourceObject → Source: the file hashed in 1 MiB chunks, never held whole."""
+def hash_source(obj: SourceObject, fingerprint: str, rule: SegmentRule) -> Source:
+    """``obj`` with the hash its segments store; the file is read in 1 MiB chunks, never whole.
 
-    def __init__(self, fingerprint: str, rule: SegmentRule) -> None:
-        self.fingerprint = fingerprint
-        self.rule = rule
-        self.failed = JobCounter("failed")
-
-    def process(self, obj: SourceObject):
-        name, value = next(iter(obj.fields.items()))
-        digest = hashlib.sha256()
-        try:
-            if value.uri is None:
-                digest.update(value.data or b"")
-            else:
-                with FileSystems.open(value.uri) as handle:
-                    while chunk := handle.read(_CHUNK):
-                        digest.update(chunk)
-        except Exception as err:
-            self.failed.inc()
-            reason = f"{name}: cannot read {value.describe()}: {err}"
-            yield beam.pvalue.TaggedOutput(
-                FAILURES, Failure(obj.source_id, obj.source, "read", reason)
-            )
-            return
-        described = {
-            "fingerprint": self.fingerprint,
-            "segments": [self.rule.seconds, self.rule.overlap],
-            "source_id": obj.source_id,
-            "metadata": obj.properties,
-            "field": [name, value.modality.value, digest.hexdigest()],
-        }
-        text = json.dumps(described, sort_keys=True, default=str)
-        yield Source(obj, hashlib.sha256(text.encode()).hexdigest())
+    Raises OSError (or what the file system raises) when the file cannot be read.
+    """
+    name, value = next(iter(obj.fields.items()))
+    digest = hashlib.sha256()
+    if value.uri is None:
+        digest.update(value.data or b"")
+    else:
+        with FileSystems.open(value.uri) as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    described = {
+        "fingerprint": fingerprint,
+        "segments": [rule.seconds, rule.overlap],
+        "source_id": obj.source_id,
+        "metadata": obj.properties,
+        "field": [name, value.modality.value, digest.hexdigest()],
+    }
+    text = json.dumps(described, sort_keys=True, default=str)
+    return Source(obj, hashlib.sha256(text.encode()).hexdigest())
 
 
-class SkipCompleteSources(CollectionDoFn):
-    """A batch of Sources → those whose segments are not all stored with their hash."""
+def complete_sources(collection, hashes: list[str]) -> set[str]:
+    """Ids of the sources whose every segment is stored with one of ``hashes`` (one query)."""
+    from weaviate.classes.aggregate import GroupByAggregate
+    from weaviate.classes.query import Filter, Metrics
 
-    def __init__(self, target: WeaviateTarget) -> None:
-        super().__init__(target)
-        self.unchanged = JobCounter("unchanged")
+    from .incremental import CONTENT_HASH
 
-    def process(self, batch: list[Source]):
-        stored = self._complete([s.segment_hash for s in batch])
-        for source in batch:
-            if source.obj.source_id in stored:
-                self.unchanged.inc()
-            else:
-                yield source
-
-    def _complete(self, hashes: list[str]) -> set[str]:
-        """Ids of the sources whose every segment is stored with one of ``hashes``."""
-        from weaviate.classes.aggregate import GroupByAggregate
-        from weaviate.classes.query import Filter, Metrics
-
-        from .incremental import CONTENT_HASH
-
-        def look_up():
-            return self._collection.aggregate.over_all(
-                filters=Filter.by_property(CONTENT_HASH).contains_any(hashes),
-                group_by=GroupByAggregate(prop=PARENT_ID, limit=len(hashes)),
-                total_count=True,
-                return_metrics=Metrics(SEGMENT_COUNT).integer(maximum=True),
-            )
-
-        result = call_with_retries(
-            look_up,
-            retryable=lambda err: True,
-            backoff=BACKOFF,
-            what="looking up segments",
-            log=log,
+    def look_up():
+        return collection.aggregate.over_all(
+            filters=Filter.by_property(CONTENT_HASH).contains_any(hashes),
+            group_by=GroupByAggregate(prop=PARENT_ID, limit=len(hashes)),
+            total_count=True,
+            return_metrics=Metrics(SEGMENT_COUNT).integer(maximum=True),
         )
-        complete = set()
-        for group in result.groups:
-            expected = group.properties[SEGMENT_COUNT].maximum or 0
-            if expected and group.total_count == expected:
-                complete.add(str(group.grouped_by.value))
-        return complete
+
+    result = call_with_retries(
+        look_up,
+        retryable=lambda err: True,
+        backoff=BACKOFF,
+        what="looking up segments",
+        log=log,
+    )
+    complete = set()
+    for group in result.groups:
+        expected = group.properties[SEGMENT_COUNT].maximum or 0
+        if expected and group.total_count == expected:
+            complete.add(str(group.grouped_by.value))
+    return complete
 
 
-class CutSegments(CollectionDoFn):
-    """Source → a ReadyObject per segment with its model input, or a ``decode`` Failure.
+class SegmentCutter:
+    """Source → ReadyObjects, one per segment, with model input; stale objects deleted first.
 
-    Deletes the source's stale objects first (segments with another hash, and
-    a whole-file object of the same id).
+    Used by the pipeline's decode step, whose Weaviate collection it borrows
+    for the deletes: a changed source loses its segments with another hash,
+    and a whole-file object of the same id, before it gets its new ones.
     """
 
-    def __init__(self, target: WeaviateTarget, preprocessor: Preprocessor, rule: SegmentRule):
-        super().__init__(target)
+    def __init__(self, preprocessor: Preprocessor, rule: SegmentRule) -> None:
         self.preprocessor = preprocessor
         self.rule = rule
-        self.decoded = JobCounter("decoded")
-        self.segments = JobCounter("segments")
-        self.failed = JobCounter("failed")
 
-    def process(self, source: Source):
-        obj, name = source.obj, source.field
-        value = obj.fields[name]
-        self._delete_stale(source)
+    def cut(self, source: Source, collection) -> Iterator[ReadyObject]:
+        """The source's segments as they are decoded; raises MediaError (or a decoder's error)."""
+        value = source.obj.fields[source.field]
+        delete_stale(collection, source)
         opener = (
             (lambda: FileSystems.open(value.uri)) if value.uri else open_bytes(read_field(value))
         )
@@ -204,96 +172,55 @@ class CutSegments(CollectionDoFn):
             )
         else:
             segments = video_segments(opener, self.rule, config.image_size, config.video_frames)
-        try:
-            for segment in segments:
-                self.segments.inc()
-                yield self._ready(source, segment)
-        except Exception as err:  # MediaError, or a decoder bug: this source only
-            detail = str(err) if isinstance(err, MediaError) else f"{type(err).__name__}: {err}"
-            self.failed.inc()
-            reason = f"{name} ({value.modality.value}): {detail}"
-            yield beam.pvalue.TaggedOutput(
-                FAILURES, Failure(obj.source_id, obj.source, "decode", reason)
-            )
-            return
-        self.decoded.inc()
-
-    def _ready(self, source: Source, segment) -> ReadyObject:
-        obj, name = source.obj, source.field
-        value = obj.fields[name]
-        properties = dict(obj.properties)
-        properties.update(
-            {
-                PARENT_ID: obj.source_id,
-                SEGMENT_START: segment.start_s,
-                SEGMENT_END: segment.end_s,
-                SEGMENT_INDEX: segment.index,
-                SEGMENT_COUNT: segment.index + 1 if segment.last else 0,
-            }
-        )
-        if value.uri is not None:
-            properties[f"{name}_uri"] = value.uri
-        return ReadyObject(
-            source_id=fragment_id(obj.source_id, segment.start_s, segment.end_s),
-            source=obj.source,
-            properties=properties,
-            media={},
-            modalities={name: value.modality},
-            inputs={name: segment.input},
-            content_hash=source.segment_hash,
-        )
-
-    def _delete_stale(self, source: Source) -> None:
-        from weaviate.classes.query import Filter
-
-        from .incremental import CONTENT_HASH
-
-        parent = source.obj.source_id
-        stale = Filter.by_property(PARENT_ID).equal(parent) & Filter.by_property(
-            CONTENT_HASH
-        ).not_equal(source.segment_hash)
-        where = stale | Filter.by_id().equal(object_uuid(parent))
-        call_with_retries(
-            lambda: self._collection.data.delete_many(where=where),
-            retryable=lambda err: True,
-            backoff=BACKOFF,
-            what=f"deleting stale segments of {parent}",
-            log=log,
-        )
+        for segment in segments:
+            yield segment_object(source, segment)
 
 
-class Segments(beam.PTransform):
-    """SourceObjects to segment → (ReadyObjects with model input, Failures)."""
+def segment_object(source: Source, segment: Segment) -> ReadyObject:
+    """One segment as an object: the source's metadata, the time range, the source's URI."""
+    obj, name = source.obj, source.field
+    value = obj.fields[name]
+    properties = dict(obj.properties)
+    properties.update(
+        {
+            PARENT_ID: obj.source_id,
+            SEGMENT_START: segment.start_s,
+            SEGMENT_END: segment.end_s,
+            SEGMENT_INDEX: segment.index,
+            SEGMENT_COUNT: segment.index + 1 if segment.last else 0,
+        }
+    )
+    if value.uri is not None:
+        properties[f"{name}_uri"] = value.uri
+    return ReadyObject(
+        source_id=fragment_id(obj.source_id, segment.start_s, segment.end_s),
+        source=obj.source,
+        properties=properties,
+        media={},
+        modalities={name: value.modality},
+        inputs={name: segment.input},
+        content_hash=source.segment_hash,
+    )
 
-    def __init__(
-        self,
-        target: WeaviateTarget,
-        preprocessor: Preprocessor,
-        rule: SegmentRule,
-        fingerprint: str,
-        force: bool,
-    ) -> None:
-        super().__init__()
-        self.target, self.preprocessor, self.rule = target, preprocessor, rule
-        self.fingerprint, self.force = fingerprint, force
 
-    def expand(self, objects):
-        hashed = objects | "HashSources" >> beam.ParDo(
-            HashSources(self.fingerprint, self.rule)
-        ).with_outputs(FAILURES, main="sources")
-        todo = hashed.sources
-        if not self.force:
-            todo = (
-                todo
-                | "BatchSegmentLookUps"
-                >> beam.BatchElements(min_batch_size=1, max_batch_size=LOOKUP_BATCH)
-                | "SkipComplete" >> beam.ParDo(SkipCompleteSources(self.target))
-            )
-        cut = todo | "CutSegments" >> beam.ParDo(
-            CutSegments(self.target, self.preprocessor, self.rule)
-        ).with_outputs(FAILURES, main="ready")
-        failures = (hashed[FAILURES], cut[FAILURES]) | "SegmentFailures" >> beam.Flatten()
-        return cut.ready, failures
+def delete_stale(collection, source: Source) -> None:
+    """Delete the source's segments with another hash, and a whole-file object of its id."""
+    from weaviate.classes.query import Filter
+
+    from .incremental import CONTENT_HASH
+
+    parent = source.obj.source_id
+    stale = Filter.by_property(PARENT_ID).equal(parent) & Filter.by_property(
+        CONTENT_HASH
+    ).not_equal(source.segment_hash)
+    where = stale | Filter.by_id().equal(object_uuid(parent))
+    call_with_retries(
+        lambda: collection.data.delete_many(where=where),
+        retryable=lambda err: True,
+        backoff=BACKOFF,
+        what=f"deleting stale segments of {parent}",
+        log=log,
+    )
 
 
 def parse_rule(seconds: float | None, overlap: float) -> SegmentRule | None:

@@ -26,8 +26,8 @@ from apache_beam.ml.inference.base import RemoteModelHandler
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.serving.protocol import RESPONSE_KEYS, WIRE_NAME
 
-from .decode import ReadyObject
 from .model_handler import EmbeddedObject, batch_num_bytes, batching_by_views
+from .ready import ReadyObject
 
 ISOLATE = (400, 413)  # the request names a bad item, or is too large: split it
 

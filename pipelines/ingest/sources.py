@@ -229,8 +229,8 @@ class ReadObjects(beam.PTransform):
                 rows = files | "ReadCsv" >> beam.ParDo(_ReadCsvRows(spec.id_column))
             else:
                 rows = files | "ReadLines" >> beam.ParDo(_ReadJsonLines())
-            candidates = rows | "CountListed" >> beam.Map(_count_listed) | "Reshuffle" >> (
-                beam.Reshuffle()
+            candidates = (
+                rows | "CountListed" >> beam.Map(_count_listed) | "Reshuffle" >> (beam.Reshuffle())
             )
             to_objects = _RowsToObjects(spec)
         return candidates | "ToObjects" >> beam.ParDo(to_objects).with_outputs(

@@ -1,0 +1,69 @@
+"""The scale benchmark and the long-recording benchmark, run small as commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from pipelines.ingest.scale_dataset import PLAN_FILE, split_counts, write_dataset
+
+from .server_process import TINY_ENV
+
+TINY = ["--model", TINY_ENV["IB_MODEL"], "--checkpoint", TINY_ENV["IB_CHECKPOINT"]]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.ingest.bench", *args, *TINY],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_the_mix_adds_up_and_has_corrupt_files():
+    counts, corrupt = split_counts(100_000)
+    assert sum(counts.values()) + corrupt == 100_000
+    assert corrupt == 1000
+    assert counts["image"] > counts["text"] > counts["imu"] > counts["audio"] > counts["video"]
+
+
+def test_the_dataset_mixes_modalities_in_each_folder_and_is_reused(tmp_path):
+    root = tmp_path / "data"
+    plan = write_dataset(root, 70, seed=3)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert len(files) == 70
+    assert {p.suffix for p in files} >= {".jpg", ".txt", ".csv", ".mp4"}
+    assert len({p.parent for p in files}) == 1  # one folder holds every modality
+    assert len({p.read_bytes() for p in files}) == 70  # no two files alike
+    assert len(plan.corrupt) == 1 and (root / plan.corrupt[0]).exists()
+    saved = json.loads((root / PLAN_FILE).read_text())
+    assert saved["corrupt"] == plan.corrupt
+    assert write_dataset(root, 70, seed=3).corrupt == plan.corrupt  # reused, not rewritten
+
+
+def test_scale_benchmark_reports_and_checks_everything(tmp_path):
+    result = bench("--scale", "60", "--dataset", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    out = result.stdout
+    for line in (
+        "ok  dead letters are the corrupt files exactly",
+        "ok  collection holds 59 objects",
+        "ok  re-run wrote nothing",
+        "ok  re-run found 59 unchanged",
+    ):
+        assert line in out, out
+    for row in ("| image |", "| text |", "| imu |", "| audio |", "| video |"):
+        assert row in out, out
+    for name in ("ib-ingest (process tree)", "weaviate", "vectorizer"):
+        assert f"| peak RSS: {name} |" in out, out
+    assert (tmp_path / "data-runs" / "first.log").exists()
+
+
+def test_long_recording_benchmark_prints_peak_memory_per_length():
+    result = bench("--long-audio", "0.5", "1")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 0.5 min |")]
+    assert rows and "| 3 |" in rows[0], result.stdout  # 30 s in segments of 10 s
+    assert "peak RSS growth from 0.5 to 1 min" in result.stdout
