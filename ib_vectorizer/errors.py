@@ -11,6 +11,10 @@ class MediaError(ValueError):
     """
 
 
+class MediaTooLong(MediaError):
+    """An audio or video item is longer than the length decoded whole."""
+
+
 class InputError(ValueError):
     """Item ``index`` of ``modality`` is unusable, for ``reason``.
 
@@ -19,8 +23,11 @@ class InputError(ValueError):
     pipeline can dead-letter exactly that item.
     """
 
-    def __init__(self, modality: str, index: int, reason: str) -> None:
+    def __init__(
+        self, modality: str, index: int, reason: str, cause: MediaError | None = None
+    ) -> None:
         self.modality = modality
         self.index = index
         self.reason = reason
+        self.cause = cause  # the loader's error, for callers that act on its kind
         super().__init__(f"{modality}[{index}]: {reason}")

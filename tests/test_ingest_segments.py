@@ -300,3 +300,20 @@ def test_segment_reruns_redo_only_changed_sources_and_leave_no_stale_segments(
     assert count(client, "MomentsAgain") == 1
     assert collection.query.fetch_objects().objects[0].properties["source_id"] == "audio/talk.wav"
     assert not failures.exists() or not failures.read_text().strip()
+
+
+def test_a_recording_too_long_to_decode_whole_says_to_use_segments(stack, client, tmp_path):
+    root = tmp_path / "long"
+    (root / "audio").mkdir(parents=True)
+    minutes = 11  # past the 10-minute limit on audio decoded whole
+    quiet = np.zeros((1, minutes * 60 * 8000))
+    (root / "audio" / "lecture.wav").write_bytes(wav_bytes(quiet, 8000))
+    failures = tmp_path / "f.jsonl"
+    assert run_ingest(stack, root, "Lecture", failures) == 0
+    (failure,) = [json.loads(line) for line in failures.read_text().splitlines()]
+    assert failure["id"] == "audio/lecture.wav" and failure["stage"] == "decode"
+    assert "longer than the limit of 600 s" in failure["error"]
+    assert "--segment-seconds" in failure["error"]
+    assert run_ingest(stack, root, "Lecture", failures, "--segment-seconds", "60") == 0
+    assert count(client, "Lecture") == minutes
+    assert not failures.read_text().strip()

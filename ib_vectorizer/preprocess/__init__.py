@@ -82,7 +82,7 @@ class Preprocessor:
         try:
             return self._load(modality, item)
         except MediaError as err:
-            raise InputError(modality.value, index, str(err)) from None
+            raise InputError(modality.value, index, str(err), err) from None
 
     def load_batch(
         self, modality: Modality | str, items: Sequence[bytes | str], first_index: int = 0

@@ -49,7 +49,7 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 
-from ib_vectorizer.errors import MediaError
+from ib_vectorizer.errors import MediaError, MediaTooLong
 from ib_vectorizer.preprocess.config import IMAGEBIND_HUGE
 from ib_vectorizer.preprocess.constants import (
     AUDIO_CLIP_SECONDS,
@@ -144,7 +144,7 @@ def _decode_stream(container, stream, max_seconds: float | None) -> tuple[list[n
             continue
         samples += frame.samples
         if max_seconds is not None and samples > max_seconds * frame.sample_rate:
-            raise MediaError(f"audio is longer than the limit of {max_seconds:g} s")
+            raise MediaTooLong(f"audio is longer than the limit of {max_seconds:g} s")
         chunk = frame_to_float(frame)
         if not chunks:
             sample_rate = frame.sample_rate

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ib_vectorizer.errors import MediaError
+from ib_vectorizer.errors import MediaError, MediaTooLong
 from ib_vectorizer.preprocess.audio import clip_starts
 from ib_vectorizer.preprocess.config import IMAGEBIND_HUGE
 from ib_vectorizer.preprocess.constants import (
@@ -97,7 +97,7 @@ def load_video(
         stream = first_video_stream(container)
         duration = video_duration(data, container, stream)
         if max_seconds is not None and duration > max_seconds:
-            raise MediaError(
+            raise MediaTooLong(
                 f"video is {_seconds(duration)} s long; the limit is {_seconds(max_seconds)} s"
             )
         windows = clip_windows(duration, stream.time_base, stream.start_time or 0)

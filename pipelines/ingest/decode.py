@@ -19,7 +19,7 @@ import time
 
 import apache_beam as beam
 
-from ib_vectorizer.errors import InputError, MediaError
+from ib_vectorizer.errors import InputError, MediaError, MediaTooLong
 from ib_vectorizer.preprocess import Preprocessor
 from ib_vectorizer.preprocess.segments import SegmentRule
 
@@ -114,7 +114,10 @@ class Decode(CollectionDoFn):
                 try:
                     ready.inputs[name] = self.preprocessor.load_item(modality, content)
                 except InputError as err:
-                    yield self._failure(ready, f"{name} ({err.modality}): {err.reason}")
+                    reason = f"{name} ({err.modality}): {err.reason}"
+                    if isinstance(err.cause, MediaTooLong):
+                        reason += "; ingest long recordings as segments with --segment-seconds"
+                    yield self._failure(ready, reason)
                     return
                 except Exception as err:  # a decoder bug must not stop the job either
                     yield self._failure(ready, f"{name}: {type(err).__name__}: {err}")
