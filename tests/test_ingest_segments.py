@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from weaviate.classes.query import Filter
 
+from ib_vectorizer.errors import MediaError
 from ib_vectorizer.preprocess.audio import load_audio
 from ib_vectorizer.preprocess.segments import (
     SegmentRule,
@@ -85,6 +86,19 @@ def test_an_audio_segment_embeds_like_a_file_of_just_its_samples():
         first, stop = round(segment.start_s * RATE), round(segment.end_s * RATE)
         expected = load_audio(wav_bytes(waveform[:, first:stop], RATE))
         assert (segment.input - expected).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (wav_bytes(np.zeros((1, 16000)), 16000)[:20000], "truncated"),
+        (b"RIFF" + bytes(range(256)) * 40, "not a decodable audio file"),
+    ],
+)
+def test_bad_recordings_are_refused_before_any_segment(data, reason):
+    with pytest.raises(MediaError, match=reason):
+        next(audio_segments(open_bytes(data), SegmentRule(10)))
 
 
 def moving_video(seconds: int, fps: int = 10) -> bytes:

@@ -119,7 +119,12 @@ def audio_segments(
         head = handle.read(1 << 16)
         if not head:
             raise MediaError("audio file is empty (0 bytes)")
-        check_wav_not_truncated(head, handle.seek(0, io.SEEK_END))
+        try:
+            size = handle.seek(0, io.SEEK_END)
+        except (OSError, ValueError):  # a stream that cannot tell its size: no WAV check
+            size = None
+        if size is not None:
+            check_wav_not_truncated(head, size)
         handle.seek(0)
         try:
             container = av.open(handle, mode="r", options=PROBE_OPTIONS)
