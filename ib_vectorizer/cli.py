@@ -27,7 +27,8 @@ def load_embedder(args: argparse.Namespace, normalize: bool):
     """Model + embedder from the model flags; raises ValueError/CheckpointError with advice."""
     from .embedder import Embedder
 
-    return Embedder(from_sources(ModelOptions, args).create(), normalize=normalize)
+    options = from_sources(ModelOptions, args)
+    return Embedder(options.create(), normalize=normalize, image_decode=options.image_decode)
 
 
 def add_embed_parser(commands: argparse._SubParsersAction) -> None:

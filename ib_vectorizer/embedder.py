@@ -23,7 +23,8 @@ class Embedder:
     here, before anything is embedded. fp16/bf16 weights run under autocast, so
     LayerNorm, softmax and the final normalisation stay in float32.
     ``normalize`` picks unit vectors (default) or the reference's logit-scaled
-    outputs; the limits bound the decoding of one video or audio item.
+    outputs; the limits bound the decoding of one video or audio item;
+    ``image_decode`` is ``exact`` or ``fast`` (see ``preprocess/image.py``).
     """
 
     def __init__(
@@ -33,9 +34,13 @@ class Embedder:
         *,
         max_video_seconds: float | None = MAX_VIDEO_SECONDS,
         max_audio_seconds: float | None = MAX_AUDIO_SECONDS,
+        image_decode: str = "exact",
     ) -> None:
         self.preprocessor = Preprocessor.for_model(
-            model.config, max_video_seconds=max_video_seconds, max_audio_seconds=max_audio_seconds
+            model.config,
+            max_video_seconds=max_video_seconds,
+            max_audio_seconds=max_audio_seconds,
+            image_decode=image_decode,
         )
         self.model = model
         self.normalize = normalize

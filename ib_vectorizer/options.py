@@ -32,6 +32,7 @@ _META_KEY = "option"
 TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"0", "false", "no", "off", ""})
 DTYPES = ("float32", "float16", "bfloat16")
+IMAGE_DECODE_MODES = ("exact", "fast")  # see preprocess/image.py
 
 Options = TypeVar("Options")
 
@@ -210,7 +211,17 @@ class ModelOptions:
         None, "IB_DTYPE", "weights dtype (default float16 on CUDA, float32 on CPU)", choices=DTYPES
     )
 
+    image_decode: str = option(
+        "exact",
+        "IB_IMAGE_DECODE",
+        "exact: every pixel, as the reference; fast: large JPEGs decoded at 1/2-1/8 scale",
+        choices=IMAGE_DECODE_MODES,
+    )
+
     def __post_init__(self) -> None:
+        if self.image_decode not in IMAGE_DECODE_MODES:
+            modes = ", ".join(IMAGE_DECODE_MODES)
+            raise ValueError(f"IB_IMAGE_DECODE must be one of {modes}, not {self.image_decode!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"IB_DTYPE must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
 

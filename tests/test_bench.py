@@ -6,6 +6,8 @@ import argparse
 import io
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -199,3 +201,18 @@ def test_bench_reports_a_server_that_cannot_start(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the batched server exited with status" in err
     assert "no-such-model" in err  # the server's own error, from its output
+
+
+def test_decode_benchmark_prints_both_modes_and_their_difference():
+    result = subprocess.run(
+        [sys.executable, "-m", "ib_vectorizer.bench.decode", "--megapixels", "2", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| 1632×1224")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert float(cells[1]) > 0 and float(cells[2]) > 0 and cells[3].endswith("×")
+    mean, rms, worst = (float(x) for x in cells[4].split(" / "))
+    assert 0 < mean <= rms <= worst

@@ -134,3 +134,21 @@ def test_missing_checkpoint_says_what_to_run(tmp_path):
     assert result.returncode == 1
     assert "ib-vectorizer download" in result.stderr
     assert str(tmp_path / "absent.pth") in result.stderr
+
+
+def test_image_decode_reaches_embed_by_flag_and_environment(tmp_path):
+    from .test_preprocess_image import photo_jpeg
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(photo_jpeg(4000, 3000))
+    exact = embed(tmp_path, "vision", [str(photo)])
+    fast = embed(tmp_path, "vision", [str(photo)], "--image-decode", "fast")
+    assert not np.array_equal(exact, fast)  # the flag took the fast path
+    assert cosine(exact, fast)[0] > 0.99
+    out = tmp_path / "env.npy"
+    result = run_cli(
+        "embed", "--modality", "vision", *TINY, "--output", str(out), str(photo),
+        env={"IB_IMAGE_DECODE": "fast"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(out), fast)

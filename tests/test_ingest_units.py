@@ -69,3 +69,18 @@ def test_a_field_the_collection_does_not_know_is_not_combined():
     # e.g. a JSONL key first seen after the rows that planned the collection
     obj = to_weaviate_object(ready(image_back=b"\x01"), {"image_back": np.ones(2)}, config())
     assert obj.vector is None  # Weaviate decides (and the write stage reports it)
+
+
+def test_a_fast_image_decode_changes_the_fingerprint_and_exact_keeps_the_old_one():
+    from dataclasses import replace
+
+    from pipelines.ingest.incremental import model_fingerprint
+
+    options = ModelOptions(random_weights=True)
+    exact = model_fingerprint("local", options, FIELDS, None)
+    fast = model_fingerprint("local", replace(options, image_decode="fast"), FIELDS, None)
+    assert exact != fast
+    meta = {"model": "imagebind_huge", "checkpoint": "x", "embeddingDim": 1024, "normalized": True}
+    before = model_fingerprint("server", options, FIELDS, meta)  # a server without the key
+    assert model_fingerprint("server", options, FIELDS, {**meta, "imageDecode": "exact"}) == before
+    assert model_fingerprint("server", options, FIELDS, {**meta, "imageDecode": "fast"}) != before

@@ -54,7 +54,12 @@ def test_choices_and_types_are_checked_with_the_variable_named():
 def test_as_env_gives_a_child_the_same_options():
     options = ModelOptions(model="m.json", random_weights=True, dtype="bfloat16")
     env = as_env(options)
-    assert env == {"IB_MODEL": "m.json", "IB_RANDOM_WEIGHTS": "1", "IB_DTYPE": "bfloat16"}
+    assert env == {
+        "IB_MODEL": "m.json",
+        "IB_RANDOM_WEIGHTS": "1",
+        "IB_DTYPE": "bfloat16",
+        "IB_IMAGE_DECODE": "exact",
+    }
     assert from_sources(ModelOptions, None, env) == options
 
 
@@ -66,7 +71,8 @@ def test_as_flags_give_another_command_the_same_options():
 
 def test_server_settings_share_the_model_options():
     names = [o.name for o in options_of(ServerSettings)]
-    assert names[:5] == [o.name for o in options_of(ModelOptions)]
+    model_names = [o.name for o in options_of(ModelOptions)]
+    assert names[: len(model_names)] == model_names
     assert len(names) == len(set(names))
     settings = ServerSettings(model="m.json", port=9000)
     assert isinstance(settings, ModelOptions) and settings.model == "m.json"
@@ -119,3 +125,13 @@ def test_modality_labels():
     ]
     with pytest.raises(ValueError, match="unknown modality 'pictures': expected one of image"):
         Modality.parse("pictures")
+
+
+def test_image_decode_from_flag_and_environment():
+    assert from_sources(ModelOptions, parse("--image-decode", "fast"), {}).image_decode == "fast"
+    assert from_sources(ModelOptions, parse(), {"IB_IMAGE_DECODE": "fast"}).image_decode == "fast"
+    assert ModelOptions().image_decode == "exact"
+    with pytest.raises(ValueError, match="IB_IMAGE_DECODE must be one of exact, fast"):
+        from_sources(ModelOptions, None, {"IB_IMAGE_DECODE": "quick"})
+    with pytest.raises(SystemExit):
+        parse("--image-decode", "quick")

@@ -12,7 +12,7 @@ from PIL import Image
 from ib_vectorizer.errors import MediaError
 from ib_vectorizer.preprocess.constants import CLIP_MEAN, CLIP_STD
 from ib_vectorizer.preprocess.grayscale import load_depth, load_thermal
-from ib_vectorizer.preprocess.image import load_image
+from ib_vectorizer.preprocess.image import load_image, open_image
 
 from .fixture_data import INPUTS
 
@@ -144,3 +144,74 @@ def test_sixteen_bit_depth_without_any_valid_pixel_is_an_error():
 def test_fixture_images_decode_from_bytes():
     for name in ["image_rgb.jpg", "image_rgba.png", "image_gray.png"]:
         assert load_image((INPUTS / name).read_bytes()).shape == (3, 224, 224)
+
+
+# -- fast decode (IB_IMAGE_DECODE=fast) ----------------------------------------------------------
+
+FAST_MEAN_BOUND = 0.02  # mean |Δ| in normalised units, fast against exact
+FAST_RMS_BOUND = 0.03
+
+
+def photo_jpeg(width: int, height: int, mode: str = "RGB", seed: int = 0) -> bytes:
+    """A JPEG like a photo: smooth colour fields under sensor-like noise, quality 90."""
+    rng = np.random.default_rng(seed)
+    ys = np.linspace(0, 1, height)[:, None]
+    xs = np.linspace(0, 1, width)[None, :]
+    planes = [
+        127.5
+        + 100 * np.sin(2 * np.pi * (rng.uniform(0.5, 4) * xs + rng.uniform(0.5, 4) * ys))
+        + rng.normal(0, 10, (height, width))
+        for _ in range(3 if mode == "RGB" else 1)
+    ]
+    array = np.clip(np.stack(planes, axis=-1), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array if mode == "RGB" else array[..., 0], mode).save(
+        buffer, "JPEG", quality=90
+    )
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (photo_jpeg(1190, 893), "a JPEG whose short side is under 4x224"),
+        (photo_jpeg(640, 480), "a small JPEG"),
+    ],
+)
+def test_fast_decode_leaves_images_too_small_to_reduce_bit_identical(data, what):
+    assert open_image(data, reduce_to=224).size == open_image(data).size, what
+    assert torch.equal(load_image(data, 224, "fast"), load_image(data, 224, "exact")), what
+
+
+def test_fast_decode_leaves_other_formats_bit_identical():
+    image = Image.open(io.BytesIO(photo_jpeg(2000, 1500))).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    png = buffer.getvalue()
+    assert torch.equal(load_image(png, 224, "fast"), load_image(png, 224, "exact"))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "decoded"),
+    [(4000, 3000, (1000, 750)), (3000, 4000, (750, 1000)), (2592, 1944, (648, 486))],
+)
+def test_fast_decode_of_a_large_photo_is_within_the_documented_bound(width, height, decoded):
+    data = photo_jpeg(width, height)
+    assert open_image(data, reduce_to=224).size == decoded  # smallest scale >= 2 x 224
+    exact, fast = load_image(data, 224, "exact"), load_image(data, 224, "fast")
+    difference = fast - exact
+    assert difference.abs().mean().item() < FAST_MEAN_BOUND
+    assert difference.pow(2).mean().sqrt().item() < FAST_RMS_BOUND
+
+
+@pytest.mark.parametrize("loader", [load_depth, load_thermal])
+def test_fast_decode_applies_to_large_depth_and_thermal_jpegs(loader):
+    data = photo_jpeg(4000, 3000, mode="L", seed=1)
+    exact, fast = loader(data, 224, "exact"), loader(data, 224, "fast")
+    assert not torch.equal(exact, fast)  # reduced: it did take the fast path
+    assert (fast - exact).abs().mean().item() < FAST_MEAN_BOUND
+
+
+def test_an_unknown_decode_mode_is_refused():
+    with pytest.raises(ValueError, match="exact, fast"):
+        load_image(photo_jpeg(64, 48), 224, "quick")

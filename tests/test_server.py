@@ -219,6 +219,7 @@ def test_well_known_meta_and_metrics(server, wire_items):
         meta = json.loads(response.read())
     assert meta["embeddingDim"] == 32 and meta["dtype"] == "float32" and meta["normalized"]
     assert meta["devices"] == ["cpu"] and "audio" in meta["modalities"] and meta["version"]
+    assert meta["imageDecode"] == "exact"
     post(server.url, {"audio": wire_items["audio"][:1]})
     with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -261,6 +262,21 @@ def test_api_key_guards_everything_but_well_known(wire_items):
         assert post(server.url, {"texts": ["hi"]})[0] == 401
         assert post(server.url, {"texts": ["hi"]}, {"Authorization": "Bearer s3cret"})[0] == 200
         assert http_status(server.url + "/.well-known/ready") == 204
+
+
+def test_fast_image_decode_from_the_environment_changes_only_large_photos(server):
+    from .test_preprocess_image import photo_jpeg
+
+    large = base64.b64encode(photo_jpeg(4000, 3000)).decode()
+    small = base64.b64encode(photo_jpeg(640, 480)).decode()
+    exact = post(server.url, {"images": [large, small]})[1]["imageVectors"]
+    with ServerProcess(IB_IMAGE_DECODE="fast") as fast_server:
+        with urllib.request.urlopen(fast_server.url + "/meta", timeout=5) as response:
+            assert json.loads(response.read())["imageDecode"] == "fast"
+        fast = post(fast_server.url, {"images": [large, small]})[1]["imageVectors"]
+    assert not np.allclose(fast[0], exact[0], atol=1e-7)
+    assert np.dot(fast[0], exact[0]) > 0.99
+    np.testing.assert_allclose(fast[1], exact[1], atol=1e-6)
 
 
 def test_two_replicas_share_the_queues(wire_items):

@@ -36,7 +36,7 @@ from .audio import MAX_AUDIO_SECONDS, load_audio
 from .config import IMAGEBIND_HUGE, IMU_CHANNELS, PreprocessConfig
 from .constants import AUDIO_CLIPS, VIDEO_CLIPS, VIDEO_CROPS
 from .grayscale import load_depth, load_thermal
-from .image import load_image
+from .image import IMAGE_DECODE_MODES, load_image, reduce_target
 from .imu import load_imu
 from .text import load_text
 from .video import MAX_VIDEO_SECONDS, load_video
@@ -58,6 +58,10 @@ class Preprocessor:
     config: PreprocessConfig = IMAGEBIND_HUGE
     max_video_seconds: float | None = MAX_VIDEO_SECONDS
     max_audio_seconds: float | None = MAX_AUDIO_SECONDS
+    image_decode: str = "exact"  # or "fast": JPEGs decoded at a reduced scale (see image.py)
+
+    def __post_init__(self) -> None:
+        reduce_target(self.image_decode, self.config.image_size)  # refuses an unknown mode
 
     @classmethod
     def for_model(
@@ -66,12 +70,14 @@ class Preprocessor:
         *,
         max_video_seconds: float | None = MAX_VIDEO_SECONDS,
         max_audio_seconds: float | None = MAX_AUDIO_SECONDS,
+        image_decode: str = "exact",
     ) -> Preprocessor:
         """The preprocessor of a model; ValueError names each config field it cannot follow."""
         return cls(
             PreprocessConfig.from_model(model_config),
             max_video_seconds=max_video_seconds,
             max_audio_seconds=max_audio_seconds,
+            image_decode=image_decode,
         )
 
     def load_item(
@@ -122,7 +128,7 @@ class Preprocessor:
     def _load(self, modality: Modality, item: bytes | str) -> torch.Tensor:
         c = self.config
         if modality is Modality.VISION:
-            return load_image(item, c.image_size)
+            return load_image(item, c.image_size, self.image_decode)
         if modality is Modality.TEXT:
             return load_text(item, c.context_length)
         if modality is Modality.AUDIO:
@@ -132,10 +138,16 @@ class Preprocessor:
         if modality is Modality.VIDEO:
             return load_video(item, self.max_video_seconds, c.image_size, c.video_frames)
         if modality is Modality.DEPTH:
-            return load_depth(item, c.image_size)
+            return load_depth(item, c.image_size, self.image_decode)
         if modality is Modality.THERMAL:
-            return load_thermal(item, c.image_size)
+            return load_thermal(item, c.image_size, self.image_decode)
         return load_imu(item, c.imu_samples)
 
 
-__all__ = ["MAX_AUDIO_SECONDS", "MAX_VIDEO_SECONDS", "PreprocessConfig", "Preprocessor"]
+__all__ = [
+    "IMAGE_DECODE_MODES",
+    "MAX_AUDIO_SECONDS",
+    "MAX_VIDEO_SECONDS",
+    "PreprocessConfig",
+    "Preprocessor",
+]

@@ -26,7 +26,7 @@ from torchvision.transforms import functional as TF
 from ..errors import MediaError
 from .config import IMAGEBIND_HUGE
 from .constants import CLIP_MEAN, CLIP_STD
-from .image import open_image, resize_and_crop
+from .image import open_image, reduce_target, resize_and_crop
 
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
@@ -56,8 +56,8 @@ def thermal_counts_image(counts: np.ndarray) -> Image.Image:
     return _to_uint8_image(scaled)
 
 
-def _load_grayscale(data: bytes, what: str, size: int) -> torch.Tensor:
-    image = open_image(data, what=f"{what} image")
+def _load_grayscale(data: bytes, what: str, size: int, decode: str) -> torch.Tensor:
+    image = open_image(data, what=f"{what} image", reduce_to=reduce_target(decode, size))
     if image.mode in _WIDE_MODES:
         values = np.asarray(image)
         image = (
@@ -69,11 +69,15 @@ def _load_grayscale(data: bytes, what: str, size: int) -> torch.Tensor:
     return TF.normalize(tensor, CLIP_MEAN[:1], CLIP_STD[:1])
 
 
-def load_depth(data: bytes, size: int = IMAGEBIND_HUGE.image_size) -> torch.Tensor:
+def load_depth(
+    data: bytes, size: int = IMAGEBIND_HUGE.image_size, decode: str = "exact"
+) -> torch.Tensor:
     """Encoded depth (or disparity) map → float32 (1, size, size)."""
-    return _load_grayscale(data, "depth", size)
+    return _load_grayscale(data, "depth", size, decode)
 
 
-def load_thermal(data: bytes, size: int = IMAGEBIND_HUGE.image_size) -> torch.Tensor:
+def load_thermal(
+    data: bytes, size: int = IMAGEBIND_HUGE.image_size, decode: str = "exact"
+) -> torch.Tensor:
     """Encoded thermal image → float32 (1, size, size)."""
-    return _load_grayscale(data, "thermal", size)
+    return _load_grayscale(data, "thermal", size, decode)

@@ -88,6 +88,7 @@ def load_embedders(settings: ServerSettings) -> list[Embedder]:
                 normalize=settings.normalize,
                 max_video_seconds=settings.max_video_seconds,
                 max_audio_seconds=settings.max_audio_seconds,
+                image_decode=settings.image_decode,
             )
         )
     return embedders
@@ -163,6 +164,7 @@ class Engine:
             "devices": [str(e.device) for e in self.embedders],
             "dtype": str(first.dtype).removeprefix("torch.") if first else None,
             "normalized": self.settings.normalize,
+            "imageDecode": self.settings.image_decode,
             "mode": self.settings.mode,
             "maxBatchViews": self.settings.max_batch,
             "state": self.state,

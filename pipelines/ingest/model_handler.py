@@ -64,7 +64,7 @@ class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder])
         options = self.model
         if has_scheme(options.checkpoint):  # gs://, s3://, ...: copied to this worker once
             options = dataclasses.replace(options, checkpoint=local_copy(options.checkpoint))
-        return Embedder(options.create(), normalize=True)
+        return Embedder(options.create(), normalize=True, image_decode=options.image_decode)
 
     def run_inference(
         self,

@@ -143,7 +143,9 @@ def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget)
     read = pipeline | "Read" >> ReadObjects(config.spec)
     # Local embedding preprocesses here, in parallel, with the model's own geometry.
     preprocessor = (
-        Preprocessor.for_model(config.model.config()) if config.embed == "local" else None
+        Preprocessor.for_model(config.model.config(), image_decode=config.model.image_decode)
+        if config.embed == "local"
+        else None
     )
     fields = read.objects | "ReadFields" >> beam.ParDo(
         ReadFields(config.fingerprint, config.segments)
