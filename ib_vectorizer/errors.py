@@ -31,3 +31,6 @@ class InputError(ValueError):
         self.reason = reason
         self.cause = cause  # the loader's error, for callers that act on its kind
         super().__init__(f"{modality}[{index}]: {reason}")
+
+    def __reduce__(self):  # so it crosses process boundaries with its fields
+        return type(self), (self.modality, self.index, self.reason, self.cause)

@@ -279,6 +279,21 @@ def test_fast_image_decode_from_the_environment_changes_only_large_photos(server
     np.testing.assert_allclose(fast[1], exact[1], atol=1e-6)
 
 
+def test_decoding_processes_give_the_same_vectors_and_the_same_errors(server, wire_items):
+    media = {"audio": wire_items["audio"], "video": wire_items["video"][:2]}
+    threads = post(server.url, media)[1]
+    bad = {"audio": [wire_items["audio"][0], base64.b64encode(b"RIFF....WAVEjunk").decode()]}
+    with ServerProcess(IB_DECODE_PROCESSES="2") as decoding:
+        status, processes, _ = post(decoding.url, media)
+        assert status == 200
+        bad_status, bad_body, _ = post(decoding.url, bad)
+        again = post(decoding.url, {"audio": wire_items["audio"][:1]})[0]
+    for key in ("audioVectors", "videoVectors"):
+        np.testing.assert_allclose(processes[key], threads[key], atol=1e-6)
+    assert bad_status == 400 and bad_body["error"].startswith("audio[1]: ")
+    assert again == 200  # a bad item did not break the decoding processes
+
+
 def test_two_replicas_share_the_queues(wire_items):
     with ServerProcess(IB_DEVICES="cpu,cpu") as server:
         with urllib.request.urlopen(server.url + "/meta", timeout=5) as response:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -64,6 +65,25 @@ def cpu_threads_per_replica(settings: ServerSettings, cpu_replicas: int) -> int:
         return settings.torch_threads
     cores = os.cpu_count() or 1
     return max(1, cores // (cpu_replicas + 1))
+
+
+# Their decoders hold the GIL in many short steps, so threads do not scale them.
+OFF_GIL = (Modality.AUDIO, Modality.VIDEO)
+
+
+def start_decoders(processes: int) -> ProcessPoolExecutor:
+    """Decoding processes, started from a clean server (forkserver) and warmed up."""
+    pool = ProcessPoolExecutor(
+        max_workers=processes, mp_context=multiprocessing.get_context("forkserver")
+    )
+    warm = [pool.submit(_import_decoders) for _ in range(processes)]
+    for future in warm:
+        future.result()
+    return pool
+
+
+def _import_decoders() -> None:
+    import ib_vectorizer.preprocess  # noqa: F401 - torch, PyAV, torchaudio, once per process
 
 
 def load_embedders(settings: ServerSettings) -> list[Embedder]:
@@ -109,6 +129,7 @@ class Engine:
             max_workers=settings.preprocess_workers or os.cpu_count() or 2,
             thread_name_prefix="preprocess",
         )
+        self._decoders: ProcessPoolExecutor | None = None  # audio and video, off the GIL
 
     @property
     def max_request_items(self) -> int:
@@ -126,6 +147,8 @@ class Engine:
             self.embedders = load_embedders(self.settings)
             for embedder in self.embedders:
                 embedder.warm_up()
+            if self.settings.decode_processes > 0 and self.settings.mode == "batched":
+                self._decoders = start_decoders(self.settings.decode_processes)
             self._on_loaded()
             self.state = "ready"
             log.info(
@@ -151,6 +174,8 @@ class Engine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._decoders is not None:
+            self._decoders.shutdown(wait=False, cancel_futures=True)
 
     def meta(self) -> dict:
         first = self.embedders[0] if self.embedders else None
@@ -181,7 +206,12 @@ class Engine:
                 data = media_bytes(raw)
             except MediaError as err:
                 raise InputError(modality.value, index, str(err)) from None
-        tensor = self.embedders[0].preprocessor.load_item(modality, data, index)
+        preprocessor = self.embedders[0].preprocessor
+        if self._decoders is not None and modality in OFF_GIL:
+            future = self._decoders.submit(preprocessor.load_item, modality, data, index)
+            tensor = future.result()  # this thread waits without the GIL; a process decodes
+        else:
+            tensor = preprocessor.load_item(modality, data, index)
         self.metrics.preprocess_seconds.labels(modality.value).observe(
             time.perf_counter() - started
         )
