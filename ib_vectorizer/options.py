@@ -195,7 +195,8 @@ def default_dtype(device: torch.device | str) -> str:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Which ImageBind to run, with which weights, on which device and in which precision."""
+    """Which ImageBind to run, with which weights, on which device and in which precision,
+    and how its inputs are decoded."""
 
     model: str = option(
         "imagebind_huge", "IB_MODEL", "preset name or config.json of constructor arguments"
@@ -218,7 +219,15 @@ class ModelOptions:
         choices=IMAGE_DECODE_MODES,
     )
 
+    decode_processes: int = option(
+        0,
+        "IB_DECODE_PROCESSES",
+        "processes that decode audio and video off the GIL (0: in the decoding threads)",
+    )
+
     def __post_init__(self) -> None:
+        if self.decode_processes < 0:
+            raise ValueError(f"IB_DECODE_PROCESSES must be 0 or more, not {self.decode_processes}")
         if self.image_decode not in IMAGE_DECODE_MODES:
             modes = ", ".join(IMAGE_DECODE_MODES)
             raise ValueError(f"IB_IMAGE_DECODE must be one of {modes}, not {self.image_decode!r}")

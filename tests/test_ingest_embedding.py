@@ -95,3 +95,23 @@ def test_batches_are_weighed_without_pickling_them():
     for handler in handlers:
         assert handler.get_num_bytes([obj, obj]) == 2 * expected
         assert handler.batch_elements_kwargs()["element_size_fn"](obj) == 1
+
+
+def test_decoding_processes_give_ib_ingest_the_same_vectors(stack, client, tmp_path):
+    """Audio and video decoded in processes, two worker threads: the same objects."""
+    from .test_ingest import copy_dataset, run_ingest
+    from .test_ingest_incremental import snapshot
+
+    tree = copy_dataset(tmp_path / "tree")
+    failures = tmp_path / "f.jsonl"
+    assert run_ingest(stack, tree, "InThreads", failures) == 0
+    threads = [
+        "--decode-processes", "2", "--direct_num_workers", "2",
+        "--direct_running_mode", "multi_threading",
+    ]  # fmt: skip
+    assert run_ingest(stack, tree, "InProcesses", failures, *threads) == 0
+    in_threads, in_processes = snapshot(client, "InThreads"), snapshot(client, "InProcesses")
+    assert in_threads.keys() == in_processes.keys()
+    for uuid, (properties, vector) in in_threads.items():
+        assert in_processes[uuid][0]["source_id"] == properties["source_id"]
+        np.testing.assert_allclose(in_processes[uuid][1], vector, atol=1e-5)

@@ -59,6 +59,7 @@ def test_as_env_gives_a_child_the_same_options():
         "IB_RANDOM_WEIGHTS": "1",
         "IB_DTYPE": "bfloat16",
         "IB_IMAGE_DECODE": "exact",
+        "IB_DECODE_PROCESSES": "0",
     }
     assert from_sources(ModelOptions, None, env) == options
 

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from ..embedder import Embedder
 from ..errors import InputError, MediaError
 from ..inline import media_bytes
 from ..modalities import Modality
+from ..preprocess.processes import DecodingProcesses
 from .metrics import ServerMetrics
 from .queue import BatchQueue, DeadlineExceeded, WorkItem
 from .settings import ServerSettings
@@ -65,25 +65,6 @@ def cpu_threads_per_replica(settings: ServerSettings, cpu_replicas: int) -> int:
         return settings.torch_threads
     cores = os.cpu_count() or 1
     return max(1, cores // (cpu_replicas + 1))
-
-
-# Their decoders hold the GIL in many short steps, so threads do not scale them.
-OFF_GIL = (Modality.AUDIO, Modality.VIDEO)
-
-
-def start_decoders(processes: int) -> ProcessPoolExecutor:
-    """Decoding processes, started from a clean server (forkserver) and warmed up."""
-    pool = ProcessPoolExecutor(
-        max_workers=processes, mp_context=multiprocessing.get_context("forkserver")
-    )
-    warm = [pool.submit(_import_decoders) for _ in range(processes)]
-    for future in warm:
-        future.result()
-    return pool
-
-
-def _import_decoders() -> None:
-    import ib_vectorizer.preprocess  # noqa: F401 - torch, PyAV, torchaudio, once per process
 
 
 def load_embedders(settings: ServerSettings) -> list[Embedder]:
@@ -129,7 +110,7 @@ class Engine:
             max_workers=settings.preprocess_workers or os.cpu_count() or 2,
             thread_name_prefix="preprocess",
         )
-        self._decoders: ProcessPoolExecutor | None = None  # audio and video, off the GIL
+        self._decoders: DecodingProcesses | None = None  # audio and video, off the GIL
 
     @property
     def max_request_items(self) -> int:
@@ -148,7 +129,7 @@ class Engine:
             for embedder in self.embedders:
                 embedder.warm_up()
             if self.settings.decode_processes > 0 and self.settings.mode == "batched":
-                self._decoders = start_decoders(self.settings.decode_processes)
+                self._decoders = DecodingProcesses(self.settings.decode_processes)
             self._on_loaded()
             self.state = "ready"
             log.info(
@@ -175,7 +156,7 @@ class Engine:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._decoders is not None:
-            self._decoders.shutdown(wait=False, cancel_futures=True)
+            self._decoders.close()
 
     def meta(self) -> dict:
         first = self.embedders[0] if self.embedders else None
@@ -207,9 +188,8 @@ class Engine:
             except MediaError as err:
                 raise InputError(modality.value, index, str(err)) from None
         preprocessor = self.embedders[0].preprocessor
-        if self._decoders is not None and modality in OFF_GIL:
-            future = self._decoders.submit(preprocessor.load_item, modality, data, index)
-            tensor = future.result()  # this thread waits without the GIL; a process decodes
+        if self._decoders is not None:
+            tensor = self._decoders.load_item(preprocessor, modality, data, index)
         else:
             tensor = preprocessor.load_item(modality, data, index)
         self.metrics.preprocess_seconds.labels(modality.value).observe(

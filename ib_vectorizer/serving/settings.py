@@ -63,11 +63,6 @@ class ServerSettings(ModelOptions):
     preprocess_workers: int | None = option(
         None, "IB_PREPROCESS_WORKERS", "threads decoding media (default: CPU count)"
     )
-    decode_processes: int = option(
-        0,
-        "IB_DECODE_PROCESSES",
-        "processes that decode audio and video off the GIL (0: in the decoding threads)",
-    )
     torch_threads: int | None = option(
         None,
         "IB_TORCH_THREADS",

@@ -18,9 +18,12 @@ import json
 import time
 
 import apache_beam as beam
+import torch
+from apache_beam.utils.shared import Shared
 
 from ib_vectorizer.errors import InputError, MediaError, MediaTooLong
 from ib_vectorizer.preprocess import Preprocessor
+from ib_vectorizer.preprocess.processes import DecodingProcesses
 from ib_vectorizer.preprocess.segments import SegmentRule
 
 from .objects import Failure, SourceObject
@@ -89,10 +92,17 @@ class Decode(CollectionDoFn):
         preprocessor: Preprocessor | None,
         target: WeaviateTarget,
         segments: SegmentRule | None = None,
+        decode_processes: int = 0,
     ) -> None:
-        """``preprocessor``: the model's (local embedding), or None to keep the raw bytes."""
+        """``preprocessor``: the model's (local embedding), or None to keep the raw bytes.
+
+        ``decode_processes``: audio and video decoded in that many processes,
+        one pool per worker process shared by its threads.
+        """
         super().__init__(target)
         self.preprocessor = preprocessor
+        self.decode_processes = decode_processes
+        self._shared_decoders = Shared()
         self.cutter = SegmentCutter(preprocessor, segments) if segments is not None else None
         self.decoded = JobCounter("decoded")
         self.segments = JobCounter("segments")
@@ -102,6 +112,10 @@ class Decode(CollectionDoFn):
     def setup(self) -> None:
         if self.cutter is not None:  # Weaviate only for deleting a changed source's segments
             super().setup()
+        self._decoders = None
+        if self.decode_processes and self.preprocessor is not None:
+            processes = self.decode_processes
+            self._decoders = self._shared_decoders.acquire(lambda: DecodingProcesses(processes))
 
     def process(self, ready: ReadyObject | Source):
         if isinstance(ready, Source):
@@ -112,7 +126,7 @@ class Decode(CollectionDoFn):
                 modality = ready.modalities[name]
                 started = time.perf_counter()
                 try:
-                    ready.inputs[name] = self.preprocessor.load_item(modality, content)
+                    ready.inputs[name] = self._load(modality, content)
                 except InputError as err:
                     reason = f"{name} ({err.modality}): {err.reason}"
                     if isinstance(err.cause, MediaTooLong):
@@ -126,6 +140,11 @@ class Decode(CollectionDoFn):
                     self.time.add(modality.label, time.perf_counter() - started)
         self.decoded.inc()
         yield ready
+
+    def _load(self, modality, content) -> torch.Tensor:
+        if self._decoders is not None:
+            return self._decoders.load_item(self.preprocessor, modality, content)
+        return self.preprocessor.load_item(modality, content)
 
     def _cut(self, source: Source):
         name, value = source.field, source.obj.fields[source.field]

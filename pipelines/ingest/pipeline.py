@@ -152,7 +152,7 @@ def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget)
     ).with_outputs(FAILURES, main="ready")
     todo = fields.ready if config.force else skip_unchanged(fields.ready, target)
     decoded = todo | "Decode" >> beam.ParDo(
-        Decode(preprocessor, target, config.segments)
+        Decode(preprocessor, target, config.segments, config.model.decode_processes)
     ).with_outputs(FAILURES, main="ready")
     failures = [read.failures, fields[FAILURES], decoded[FAILURES]]
     ready = decoded.ready

@@ -1,0 +1,57 @@
+"""Audio and video decoded in worker processes, so decoding uses every core.
+
+PyAV and torchaudio hold Python's GIL in many short steps, so threads
+decoding audio or video barely run in parallel (1.2× on two threads here). A
+:class:`DecodingProcesses` pool takes those modalities to processes started
+from a clean interpreter (``forkserver``: no copy of a loaded model, no
+threads forked mid-flight); the calling thread waits without the GIL. Images,
+depth and thermal maps (Pillow releases the GIL while decoding), text and IMU
+stay in the calling thread, where they cost less than the trip to a process.
+
+Used by the inference server (``IB_DECODE_PROCESSES``) and by ``ib-ingest``
+(``--decode-processes``, with several worker threads).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import weakref
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+
+from ..modalities import Modality
+from . import Preprocessor
+
+OFF_GIL = (Modality.AUDIO, Modality.VIDEO)
+
+
+class DecodingProcesses:
+    """A pool of ``processes`` decoders, warmed up (imports done) before first use."""
+
+    def __init__(self, processes: int) -> None:
+        if processes < 1:
+            raise ValueError(f"decoding processes must be at least 1, not {processes}")
+        self.processes = processes
+        self._pool = ProcessPoolExecutor(
+            max_workers=processes, mp_context=multiprocessing.get_context("forkserver")
+        )
+        for future in [self._pool.submit(_import_decoders) for _ in range(processes)]:
+            future.result()
+        # Shut down when dropped, or at exit while the interpreter is still whole.
+        self._finalizer = weakref.finalize(self, self._pool.shutdown, False, cancel_futures=True)
+
+    def load_item(
+        self, preprocessor: Preprocessor, modality: Modality, item: bytes | str, index: int = 0
+    ) -> torch.Tensor:
+        """``preprocessor.load_item`` — in a process for audio and video, here for the rest."""
+        if modality not in OFF_GIL:
+            return preprocessor.load_item(modality, item, index)
+        return self._pool.submit(preprocessor.load_item, modality, item, index).result()
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _import_decoders() -> None:
+    import ib_vectorizer.preprocess  # noqa: F401 - torch, PyAV, torchaudio: once per process
