@@ -71,6 +71,8 @@ def test_ib_ingest_shows_progress_and_the_closing_summary(stack, tmp_path):
                        "--embed", "server"], "use --embed local"),
         ("ib-ingest", ["--input", "{data}", "--collection", "C", "--segment-seconds", "5",
                        "--segment-overlap", "5"], "overlap must be"),
+        ("ib-ingest", ["--input", "{data}", "--collection", "C", "--direct_num_workers", "2",
+                       "--direct_running_mode", "multi_threading"], "loses objects"),
         ("ib-query", ["--collection", "C", "--near-text", "x", "--checkpoint", "{missing}"],
          "ib-vectorizer download"),
         ("ib-query", ["--collection", "C", "--near-text", "x", "--limit", "0"], "--limit"),

@@ -67,3 +67,11 @@ def test_long_recording_benchmark_prints_peak_memory_per_length():
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 0.5 min |")]
     assert rows and "| 3 |" in rows[0], result.stdout  # 30 s in segments of 10 s
     assert "peak RSS growth from 0.5 to 1 min" in result.stdout
+
+
+def test_throughput_per_tenth_is_timed_from_the_first_object():
+    from pipelines.ingest.scale_bench import tenths
+
+    samples = [(0.0, 0), (5.0, 0)] + [(5.0 + t, 10 * t) for t in range(1, 101)]  # 10/s
+    assert [round(rate, 6) for rate in tenths(samples, 1000)] == [10.0] * 10
+    assert len(tenths(samples[:50], 1000)) == 4  # the run is not over: the tenths so far

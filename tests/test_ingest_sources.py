@@ -116,7 +116,8 @@ def test_directory_tree(tmp_path):
             "under image/, text/, audio/, video/, depth/, thermal/, imu/ or use a manifest",
         )
     ]
-    assert counters(result) == {"read": 7, "read_failed": 1}
+    # Listed: every file, hidden ones and folder markers too; read: the objects made.
+    assert counters(result) == {"listed": 10, "read": 7, "read_failed": 1}
 
 
 # -- manifests ----------------------------------------------------------------------------------
@@ -344,7 +345,7 @@ def test_csv_and_jsonl_manifests_give_the_same_objects(tmp_path):
     assert errors[1].startswith("not JSON") and "'not json'" in errors[1]
     assert errors[2] == "expected a JSON object, got list"
     assert [f.error for f in gz_failures] == errors
-    assert counters(result) == {"read": 2 + 2 + 2, "read_failed": 3 + 4 + 4}
+    assert counters(result) == {"listed": 17, "read": 2 + 2 + 2, "read_failed": 3 + 4 + 4}
 
 
 def test_unreadable_input_fails_at_construction():

@@ -36,7 +36,10 @@ FAILURES = "failures"
 
 
 class ReadFields(beam.DoFn):
-    """SourceObject → ReadyObject with its bytes and content hash, or a ``read`` Failure."""
+    """SourceObject → ReadyObject with its bytes and content hash, or a ``read`` Failure.
+
+    With ``--segment-seconds`` an audio or video source becomes a Source to cut.
+    """
 
     def __init__(self, fingerprint: str, segments: SegmentRule | None = None) -> None:
         """``fingerprint``: what embeds the objects (model, weights, fields), for the hash.

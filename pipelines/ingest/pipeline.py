@@ -333,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console_logging()
     args, beam_args = build_parser().parse_known_args(argv)
     try:
+        check_runner_options(beam_args)
         spec, fields, model = check_start(args)
         return run(args, beam_args, spec, fields, model)
     except (CommandError, StackError, ValueError) as err:
@@ -362,6 +363,25 @@ def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
     if args.embed == "local":
         Preprocessor.for_model(model.config())  # a geometry preprocessing cannot follow
     return spec, fields, model
+
+
+def check_runner_options(beam_args: list[str]) -> None:
+    """Refuse Beam options known to lose objects; CommandError says what to use instead.
+
+    The DirectRunner's multi-threaded mode (``--direct_running_mode
+    multi_threading`` with more than one worker) dropped whole bundles after
+    the reshuffle here: of 100,000 files, 1,106 and then 313 never reached
+    the first step, silently. The default mode and real runners do not.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    direct = PipelineOptions(beam_args).view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_threading" and (direct.direct_num_workers or 1) > 1:
+        raise CommandError(
+            "--direct_running_mode multi_threading with several workers loses objects at scale "
+            "(whole bundles after the reshuffle); run the DirectRunner in its default mode, "
+            "or a real runner (--runner PrismRunner, Flink, Spark, Dataflow)"
+        )
 
 
 def run(

@@ -23,6 +23,7 @@ Exit status 1 when a check fails.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -37,7 +38,9 @@ from ib_vectorizer.options import ModelOptions, as_flags
 
 from .scale_dataset import MIX, DatasetPlan
 
-_PROGRESS = re.compile(r"progress: read (\d+), (?:unchanged (\d+), )?embedded \d+, written (\d+)")
+_PROGRESS = re.compile(
+    r"progress: read \d+, (?:unchanged (\d+), )?embedded \d+, written (\d+), failed (\d+)"
+)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -122,7 +125,7 @@ def run_job(command: list[str], metrics_path: Path, log_path: Path) -> JobRun:
             log.flush()
             match = _PROGRESS.search(line)
             if match:
-                done = int(match[3]) + int(match[2] or 0)
+                done = int(match[2]) + int(match[1] or 0) + int(match[3])  # all outcomes
                 done_at.append((time.perf_counter() - started, done))
         process.stderr.close()
         code = process.wait()
@@ -134,22 +137,21 @@ def run_job(command: list[str], metrics_path: Path, log_path: Path) -> JobRun:
     return JobRun(elapsed, peak_bytes, counters, done_at)
 
 
-def tenth_rates(done_at: list[tuple[float, int]], total: int) -> tuple[float, float] | None:
-    """Objects/s over the first and the last 10% of ``total``, from the progress samples.
+def tenths(done_at: list[tuple[float, int]], total: int) -> list[float]:
+    """Objects/s over each tenth of ``total`` in turn, from the progress samples.
 
-    The first tenth is timed from the first sample with anything written, so
-    start-up (the stack, listing the files, loading the model) is not counted.
+    Each tenth runs from the first sample at or past its start to the first at
+    or past its end, and counts what was done between them; the first starts at
+    the first sample with anything done, so start-up is not counted.
     """
-    started = next((t for t, done in done_at if done > 0), None)
-
-    def time_of(count: float) -> float | None:
-        return next((t for t, done in done_at if done >= count), None)
-
-    tenth = total / 10
-    first, ninety, end = time_of(tenth), time_of(total - tenth), time_of(total)
-    if None in (started, first, ninety, end) or first <= started or end <= ninety:
-        return None
-    return tenth / (first - started), tenth / (end - ninety)
+    marks = [next((s for s in done_at if s[1] > 0), None)]
+    marks += [next((s for s in done_at if s[1] >= total * k / 10), None) for k in range(1, 11)]
+    rates = []
+    for start, end in itertools.pairwise(marks):
+        if start is None or end is None or end[0] <= start[0]:
+            return rates
+        rates.append((end[1] - start[1]) / (end[0] - start[0]))
+    return rates
 
 
 # -- the benchmark -------------------------------------------------------------------------------
@@ -217,12 +219,13 @@ def report(plan, first: JobRun, rerun: JobRun, server_peaks, checks, stored: int
         f"| first run | {first.elapsed_s:,.0f} s, "
         f"{c.get('written', 0) / first.elapsed_s:.1f} objects/s written |",
     ]
-    rates = tenth_rates(first.done_at, plan.objects)
-    if rates:
+    rates = tenths(first.done_at, plan.objects)
+    if len(rates) == 10:
         lines.append(
-            f"| first 10% / last 10% | {rates[0]:.1f} / {rates[1]:.1f} objects/s "
-            f"(last/first {rates[1] / rates[0]:.2f}) |"
+            f"| first 10% / last 10% | {rates[0]:.1f} / {rates[-1]:.1f} objects/s "
+            f"(last/first {rates[-1] / rates[0]:.2f}) |"
         )
+        lines.append(f"| each tenth, objects/s | {' · '.join(f'{r:.1f}' for r in rates)} |")
     lines += [
         f"| peak RSS: ib-ingest (process tree) | {_mib(first.peak_rss)} |",
         *(f"| peak RSS: {name} | {_mib(value)} |" for name, value in server_peaks.items()),
