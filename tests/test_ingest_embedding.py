@@ -98,18 +98,14 @@ def test_batches_are_weighed_without_pickling_them():
 
 
 def test_decoding_processes_give_ib_ingest_the_same_vectors(stack, client, tmp_path):
-    """Audio and video decoded in processes, two worker threads: the same objects."""
+    """Audio and video decoded in processes: the same objects as decoded in the worker."""
     from .test_ingest import copy_dataset, run_ingest
     from .test_ingest_incremental import snapshot
 
     tree = copy_dataset(tmp_path / "tree")
     failures = tmp_path / "f.jsonl"
     assert run_ingest(stack, tree, "InThreads", failures) == 0
-    threads = [
-        "--decode-processes", "2", "--direct_num_workers", "2",
-        "--direct_running_mode", "multi_threading",
-    ]  # fmt: skip
-    assert run_ingest(stack, tree, "InProcesses", failures, *threads) == 0
+    assert run_ingest(stack, tree, "InProcesses", failures, "--decode-processes", "2") == 0
     in_threads, in_processes = snapshot(client, "InThreads"), snapshot(client, "InProcesses")
     assert in_threads.keys() == in_processes.keys()
     for uuid, (properties, vector) in in_threads.items():
