@@ -9,7 +9,8 @@ depth and thermal maps (Pillow releases the GIL while decoding), text and IMU
 stay in the calling thread, where they cost less than the trip to a process.
 
 Used by the inference server (``IB_DECODE_PROCESSES``) and by ``ib-ingest``
-(``--decode-processes``, with several worker threads).
+(``--decode-processes``: it pays where a worker runs several threads, as
+Dataflow's Python workers do).
 """
 
 from __future__ import annotations
