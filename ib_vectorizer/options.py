@@ -33,6 +33,7 @@ TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"0", "false", "no", "off", ""})
 DTYPES = ("float32", "float16", "bfloat16")
 IMAGE_DECODE_MODES = ("exact", "fast")  # see preprocess/image.py
+QUANTIZE_MODES = ("none", "int8")  # see model/quantize.py
 
 Options = TypeVar("Options")
 
@@ -195,8 +196,8 @@ def default_dtype(device: torch.device | str) -> str:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Which ImageBind to run, with which weights, on which device and in which precision,
-    and how its inputs are decoded."""
+    """Which ImageBind to run, with which weights, on which device, in which precision
+    (float dtype, optionally int8 trunks), and how its inputs are decoded."""
 
     model: str = option(
         "imagebind_huge", "IB_MODEL", "preset name or config.json of constructor arguments"
@@ -210,6 +211,13 @@ class ModelOptions:
     device: str | None = option(None, "IB_DEVICE", "cpu, cuda or cuda:N (default: CUDA if present)")
     dtype: str | None = option(
         None, "IB_DTYPE", "weights dtype (default float16 on CUDA, float32 on CPU)", choices=DTYPES
+    )
+
+    quantize: str = option(
+        "none",
+        "IB_QUANTIZE",
+        "int8: the trunks' Linear layers in dynamic int8 (CPU, float32 only)",
+        choices=QUANTIZE_MODES,
     )
 
     image_decode: str = option(
@@ -231,6 +239,11 @@ class ModelOptions:
         if self.image_decode not in IMAGE_DECODE_MODES:
             modes = ", ".join(IMAGE_DECODE_MODES)
             raise ValueError(f"IB_IMAGE_DECODE must be one of {modes}, not {self.image_decode!r}")
+        if self.quantize not in QUANTIZE_MODES:
+            modes = ", ".join(QUANTIZE_MODES)
+            raise ValueError(f"IB_QUANTIZE must be one of {modes}, not {self.quantize!r}")
+        if self.quantize == "int8" and self.dtype not in (None, "float32"):
+            raise ValueError(f"IB_QUANTIZE=int8 computes in float32, not IB_DTYPE={self.dtype}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"IB_DTYPE must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
 
@@ -268,6 +281,10 @@ class ModelOptions:
         from .model import create_model
 
         target = self.resolved_device(device)
+        if self.quantize == "int8" and target.type != "cpu":
+            raise ValueError(
+                f"IB_QUANTIZE=int8 runs on the CPU, not {target}; on a GPU use float16 instead"
+            )
         weights = checkpoint if checkpoint is not None else self.checkpoint_path()
         return create_model(
             self.model,
@@ -275,4 +292,5 @@ class ModelOptions:
             random_seed=0 if weights is None else None,
             device=target,
             dtype=self.torch_dtype(target),
+            quantize=self.quantize,
         )

@@ -216,3 +216,25 @@ def test_decode_benchmark_prints_both_modes_and_their_difference():
     assert float(cells[1]) > 0 and float(cells[2]) > 0 and cells[3].endswith("×")
     mean, rms, worst = (float(x) for x in cells[4].split(" / "))
     assert 0 < mean <= rms <= worst
+
+
+def test_model_benchmark_prints_float32_and_int8_for_every_modality():
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "ib_vectorizer.bench.model",
+            "--model", str(FIXTURE / "config.json"),
+            "--threads", "1", "--items", "1", "--repeats", "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 1 |")]
+    labels = [row.strip("|").split("|")[1].strip() for row in rows]
+    assert labels == ["image", "text", "audio", "video", "depth", "thermal", "imu"]
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert float(cells[2].replace(",", "")) > 0 and float(cells[3].replace(",", "")) > 0
+        assert cells[4].endswith("×")
+        assert 0.998 <= float(cells[5]) <= 1.0

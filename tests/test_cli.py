@@ -136,6 +136,21 @@ def test_missing_checkpoint_says_what_to_run(tmp_path):
     assert str(tmp_path / "absent.pth") in result.stderr
 
 
+def test_int8_reaches_embed_by_flag_and_environment(tmp_path):
+    texts = ["a dog on a beach", "rain on a tin roof"]
+    float32 = embed(tmp_path, "text", texts)
+    int8 = embed(tmp_path, "text", texts, "--quantize", "int8")
+    assert not np.array_equal(float32, int8)  # the flag took the int8 path
+    assert cosine(float32, int8).min() > 0.998
+    out = tmp_path / "env.npy"
+    result = run_cli(
+        "embed", "--modality", "text", *TINY, "--output", str(out), *texts,
+        env={"IB_QUANTIZE": "int8"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(out), int8)
+
+
 def test_image_decode_reaches_embed_by_flag_and_environment(tmp_path):
     from .test_preprocess_image import photo_jpeg
 

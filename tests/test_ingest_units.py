@@ -84,3 +84,17 @@ def test_a_fast_image_decode_changes_the_fingerprint_and_exact_keeps_the_old_one
     before = model_fingerprint("server", options, FIELDS, meta)  # a server without the key
     assert model_fingerprint("server", options, FIELDS, {**meta, "imageDecode": "exact"}) == before
     assert model_fingerprint("server", options, FIELDS, {**meta, "imageDecode": "fast"}) != before
+
+
+def test_int8_changes_the_fingerprint_and_none_keeps_the_old_one():
+    from dataclasses import replace
+
+    from pipelines.ingest.incremental import model_fingerprint
+
+    options = ModelOptions(random_weights=True)
+    float32 = model_fingerprint("local", options, FIELDS, None)
+    assert model_fingerprint("local", replace(options, quantize="int8"), FIELDS, None) != float32
+    meta = {"model": "imagebind_huge", "checkpoint": "x", "embeddingDim": 1024, "normalized": True}
+    before = model_fingerprint("server", options, FIELDS, meta)  # a server without the key
+    assert model_fingerprint("server", options, FIELDS, {**meta, "quantize": "none"}) == before
+    assert model_fingerprint("server", options, FIELDS, {**meta, "quantize": "int8"}) != before

@@ -19,6 +19,8 @@ from ib_vectorizer.options import (
 )
 from ib_vectorizer.serving.settings import ServerSettings
 
+from .fixture_data import FIXTURE
+
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
@@ -58,6 +60,7 @@ def test_as_env_gives_a_child_the_same_options():
         "IB_MODEL": "m.json",
         "IB_RANDOM_WEIGHTS": "1",
         "IB_DTYPE": "bfloat16",
+        "IB_QUANTIZE": "none",
         "IB_IMAGE_DECODE": "exact",
         "IB_DECODE_PROCESSES": "0",
     }
@@ -136,3 +139,21 @@ def test_image_decode_from_flag_and_environment():
         from_sources(ModelOptions, None, {"IB_IMAGE_DECODE": "quick"})
     with pytest.raises(SystemExit):
         parse("--image-decode", "quick")
+
+
+def test_quantize_from_flag_and_environment():
+    assert from_sources(ModelOptions, parse("--quantize", "int8"), {}).quantize == "int8"
+    assert from_sources(ModelOptions, parse(), {"IB_QUANTIZE": "int8"}).quantize == "int8"
+    assert ModelOptions().quantize == "none"
+    with pytest.raises(ValueError, match="IB_QUANTIZE must be one of none, int8, not 'int4'"):
+        from_sources(ModelOptions, None, {"IB_QUANTIZE": "int4"})
+    with pytest.raises(SystemExit):
+        parse("--quantize", "int4")
+    with pytest.raises(ValueError, match="int8 computes in float32, not IB_DTYPE=float16"):
+        ModelOptions(quantize="int8", dtype="float16")
+
+
+def test_int8_is_refused_off_the_cpu_before_any_weights_load():
+    options = ModelOptions(model=str(FIXTURE / "config.json"), random_weights=True, quantize="int8")
+    with pytest.raises(ValueError, match="IB_QUANTIZE=int8 runs on the CPU, not meta"):
+        options.create(device="meta")

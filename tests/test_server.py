@@ -279,6 +279,20 @@ def test_fast_image_decode_from_the_environment_changes_only_large_photos(server
     np.testing.assert_allclose(fast[1], exact[1], atol=1e-6)
 
 
+def test_int8_from_the_environment_shows_in_meta_and_stays_close(server, wire_items):
+    media = {"texts": ["a dog on a beach"], "images": wire_items["images"][:2]}
+    float32 = post(server.url, media)[1]
+    with ServerProcess(IB_QUANTIZE="int8") as int8_server:
+        with urllib.request.urlopen(int8_server.url + "/meta", timeout=5) as response:
+            assert json.loads(response.read())["quantize"] == "int8"
+        status, int8, _ = post(int8_server.url, media)
+    assert status == 200
+    for key in ("textVectors", "imageVectors"):
+        cosines = [np.dot(a, b) for a, b in zip(int8[key], float32[key], strict=True)]
+        assert min(cosines) > 0.998, key
+        assert not np.allclose(int8[key], float32[key], atol=1e-7), key
+
+
 def test_decoding_processes_give_the_same_vectors_and_the_same_errors(server, wire_items):
     media = {"audio": wire_items["audio"], "video": wire_items["video"][:2]}
     threads = post(server.url, media)[1]

@@ -21,6 +21,8 @@ class MultiheadSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        # int8 (see quantize.py) replaces the two parameters above with a packed layer.
+        self.in_proj: nn.Module | None = None
         self.out_proj = nn.Linear(dim, dim)
         if add_bias_kv:
             self.bias_k = nn.Parameter(torch.empty(1, 1, dim))
@@ -32,7 +34,11 @@ class MultiheadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         """``x``: (batch, tokens, dim). ``causal``: each token sees only itself and earlier ones."""
         batch, tokens, dim = x.shape
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        if self.in_proj is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        else:
+            qkv = self.in_proj(x)
+        q, k, v = qkv.chunk(3, dim=-1)
         if self.bias_k is not None:
             if causal:
                 raise ValueError("causal attention with a learned extra key/value is not defined")

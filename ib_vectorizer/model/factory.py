@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..options import QUANTIZE_MODES
 from .config import ImageBindConfig, get_config
 from .imagebind import ImageBind
+from .quantize import quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +55,21 @@ def create_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     random_seed: int | None = None,
+    quantize: str = "none",
 ) -> ImageBind:
     """The one way to get a ready-to-run model.
 
     ``model`` is a preset name, a config JSON path or a config. With
     ``checkpoint`` the weights load with ``strict=True`` straight into place
     (no second copy in memory); with ``random_seed`` instead, random weights.
-    The model is returned in eval mode on ``device`` with ``dtype`` weights.
+    The model is returned in eval mode on ``device`` with ``dtype`` weights;
+    ``quantize="int8"`` then turns its trunks to dynamic int8 (CPU, float32).
     """
     config = model if isinstance(model, ImageBindConfig) else get_config(model)
     if (checkpoint is None) == (random_seed is None):
         raise ValueError("pass exactly one of checkpoint= or random_seed=")
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, not {quantize!r}")
     started = time.perf_counter()
     if checkpoint is not None:
         net = build_model(config, device="meta")
@@ -77,11 +83,14 @@ def create_model(
         init_random_weights(net, seed=random_seed)
     net = net.to(device=device, dtype=dtype).eval()
     net.requires_grad_(False)
+    if quantize == "int8":
+        quantize_int8(net)
     log.info(
-        "model ready: %s weights on %s as %s in %.1f s",
+        "model ready: %s weights on %s as %s%s in %.1f s",
         "checkpoint" if checkpoint is not None else "random",
         device,
         dtype,
+        " with int8 trunks" if quantize == "int8" else "",
         time.perf_counter() - started,
     )
     return net

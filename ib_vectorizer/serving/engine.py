@@ -171,6 +171,7 @@ class Engine:
             "dtype": str(first.dtype).removeprefix("torch.") if first else None,
             "normalized": self.settings.normalize,
             "imageDecode": self.settings.image_decode,
+            "quantize": self.settings.quantize,
             "mode": self.settings.mode,
             "maxBatchViews": self.settings.max_batch,
             "state": self.state,
