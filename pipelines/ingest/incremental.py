@@ -67,21 +67,25 @@ def model_fingerprint(
     Local embedding: the architecture and the checkpoint. A server (ours, or the
     one Weaviate calls): its ``/meta`` (model, checkpoint, normalisation). Always
     the media fields and their weights, which decide how vectors are combined.
-    The image decode mode counts when it is not the default ``exact``, so
-    collections written before the mode existed keep their hashes.
+    The image decode mode and int8 count when they are not the defaults
+    (``exact``, ``none``), so collections written before they existed keep
+    their hashes.
     """
     if embed == "local":
         path = None if model.random_weights else model.checkpoint
         if path is not None and "://" not in path:
             path = str(model.checkpoint_path())
         embedder = {"config": asdict(model.config()), "weights": checkpoint_identity(path)}
-        image_decode = model.image_decode
+        image_decode, quantize = model.image_decode, model.quantize
     else:
         meta = dict(vectorizer_meta or {})
         embedder = {k: meta.get(k) for k in ("model", "checkpoint", "embeddingDim", "normalized")}
         image_decode = meta.get("imageDecode") or "exact"
+        quantize = meta.get("quantize") or "none"
     if image_decode != "exact":
         embedder["image_decode"] = image_decode
+    if quantize != "none":
+        embedder["quantize"] = quantize
     described = {
         "embed": embed,
         "embedder": embedder,
