@@ -75,3 +75,18 @@ def test_throughput_per_tenth_is_timed_from_the_first_object():
     samples = [(0.0, 0), (5.0, 0)] + [(5.0 + t, 10 * t) for t in range(1, 101)]  # 10/s
     assert [round(rate, 6) for rate in tenths(samples, 1000)] == [10.0] * 10
     assert len(tenths(samples[:50], 1000)) == 4  # the run is not over: the tenths so far
+
+
+def test_a_job_run_closes_its_progress_series_with_the_totals(tmp_path):
+    from pipelines.ingest.scale_bench import run_job
+
+    job = (
+        "import json, sys\n"
+        "line = 'progress: read 10, embedded 8, written 8, failed 1; 9 objects/s'\n"
+        "print(line, file=sys.stderr)\n"
+        "counters = {'written': 10, 'failed': 1, 'read_failed': 1}\n"
+        "json.dump({'counters': counters}, open(sys.argv[-1], 'w'))\n"
+    )
+    run = run_job([sys.executable, "-c", job], tmp_path / "metrics.json", tmp_path / "job.log")
+    assert [done for _, done in run.done_at] == [9, 12]  # the last progress line, then the end
+    assert "progress: read 10" in (tmp_path / "job.log").read_text()

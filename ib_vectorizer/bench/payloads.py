@@ -34,8 +34,16 @@ class PayloadError(RuntimeError):
     """A payload cannot be made on this machine (e.g. no video encoder)."""
 
 
-def image_payload(rng: np.random.Generator, size: tuple[int, int] = (640, 480)) -> bytes:
-    """A JPEG (``size`` is width, height): a coloured gradient under noise, as costly as a photo."""
+def image_payload(
+    rng: np.random.Generator,
+    size: tuple[int, int] = (640, 480),
+    noise: float = 20.0,
+    quality: int = 90,
+) -> bytes:
+    """A JPEG (``size`` is width, height): a coloured gradient under noise, as costly as a photo.
+
+    ``noise`` is the pixel noise's standard deviation; less noise, smaller files.
+    """
     import numpy as np
     from PIL import Image
 
@@ -46,9 +54,10 @@ def image_payload(rng: np.random.Generator, size: tuple[int, int] = (640, 480)) 
     for _ in range(3):
         a, b, phase = rng.uniform(0.5, 4.0), rng.uniform(0.5, 4.0), rng.uniform(0, 2 * np.pi)
         channels.append(127.5 + 100.0 * np.sin(2 * np.pi * (a * xs + b * ys) + phase))
-    image = np.stack(channels, axis=-1) + rng.normal(0.0, 20.0, (height, width, 3))
+    image = np.stack(channels, axis=-1) + rng.normal(0.0, noise, (height, width, 3))
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB").save(buffer, "JPEG", quality=90)
+    pixels = np.clip(image, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels, "RGB").save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -97,9 +106,16 @@ def video_codec() -> str:
 
 
 def video_payload(
-    rng: np.random.Generator, seconds: int = 3, fps: int = 30, size: tuple[int, int] = (320, 240)
+    rng: np.random.Generator,
+    seconds: int = 3,
+    fps: int = 30,
+    size: tuple[int, int] = (320, 240),
+    bit_rate: int | None = None,
 ) -> bytes:
-    """An MP4 (3 s of 320x240 by default): a scrolling gradient with a square moving over it."""
+    """An MP4 (3 s of 320x240 by default): a scrolling gradient with a square moving over it.
+
+    ``bit_rate`` (bits/s) caps the encoder's rate, for long videos that must stay small.
+    """
     import av
     import numpy as np
 
@@ -117,6 +133,8 @@ def video_payload(
     with av.open(buffer, mode="w", format="mp4") as out:
         stream = out.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if bit_rate is not None:
+            stream.bit_rate = bit_rate
         for index in range(seconds * fps):
             shift = speed * index
             plane = (xs + ys + shift) % 256

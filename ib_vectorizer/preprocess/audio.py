@@ -41,7 +41,10 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -117,14 +120,7 @@ def decode_audio(
     if not data:
         raise MediaError("audio file is empty (0 bytes)")
     check_wav_not_truncated(data)
-    try:
-        container = av.open(io.BytesIO(data), mode="r", options=PROBE_OPTIONS)
-    except Exception as exc:
-        raise MediaError("not a decodable audio file") from exc
-    with container:
-        if not container.streams.audio:
-            raise MediaError("no audio stream")
-        stream = container.streams.audio[0]
+    with open_audio(io.BytesIO(data)) as (container, stream):
         chunks, sample_rate = _decode_stream(container, stream, max_seconds)
     if not chunks:
         raise MediaError("audio is empty (0 samples)")
@@ -134,24 +130,46 @@ def decode_audio(
     return torch.from_numpy(waveform), sample_rate
 
 
-def _decode_stream(container, stream, max_seconds: float | None) -> tuple[list[np.ndarray], int]:
-    """Decoded chunks (channels, samples) of one stream and their common sample rate."""
-    chunks: list[np.ndarray] = []
-    sample_rate = 0
-    samples = 0
+@contextmanager
+def open_audio(source: BinaryIO) -> Iterator[tuple[av.container.InputContainer, av.AudioStream]]:
+    """The container of a readable, seekable file and its first audio stream, or MediaError."""
+    try:
+        container = av.open(source, mode="r", options=PROBE_OPTIONS)
+    except Exception as exc:
+        raise MediaError("not a decodable audio file") from exc
+    with container:
+        if not container.streams.audio:
+            raise MediaError("no audio stream")
+        yield container, container.streams.audio[0]
+
+
+def float_chunks(container, stream) -> Iterator[tuple[int, np.ndarray]]:
+    """(sample rate, float32 samples (channels, n)) per decoded frame, in order.
+
+    Raises MediaError when the rate or the channel count changes part-way through.
+    """
+    rate = channels = 0
     for frame in stream_frames(container, stream, "audio"):
         if frame.samples == 0:
             continue
-        samples += frame.samples
-        if max_seconds is not None and samples > max_seconds * frame.sample_rate:
-            raise MediaTooLong(f"audio is longer than the limit of {max_seconds:g} s")
         chunk = frame_to_float(frame)
-        if not chunks:
-            sample_rate = frame.sample_rate
-        elif frame.sample_rate != sample_rate:
+        if not rate:
+            rate, channels = frame.sample_rate, chunk.shape[0]
+        elif frame.sample_rate != rate:
             raise MediaError("audio changes its sample rate part-way through")
-        elif chunk.shape[0] != chunks[0].shape[0]:
+        elif chunk.shape[0] != channels:
             raise MediaError("audio changes its channel count part-way through")
+        yield rate, chunk
+
+
+def _decode_stream(container, stream, max_seconds: float | None) -> tuple[list[np.ndarray], int]:
+    """Decoded chunks (channels, samples) of one stream and their common sample rate."""
+    chunks: list[np.ndarray] = []
+    sample_rate = samples = 0
+    for sample_rate, chunk in float_chunks(container, stream):
+        samples += chunk.shape[1]
+        if max_seconds is not None and samples > max_seconds * sample_rate:
+            raise MediaTooLong(f"audio is longer than the limit of {max_seconds:g} s")
         chunks.append(chunk)
     return chunks, sample_rate
 

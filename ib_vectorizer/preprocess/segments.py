@@ -32,14 +32,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO
 
-import av
 import numpy as np
 import torch
 
 from ..errors import MediaError
-from .audio import PROBE_OPTIONS, audio_input, check_wav_not_truncated, frame_to_float
+from .audio import audio_input, check_wav_not_truncated, float_chunks, open_audio
 from .config import IMAGEBIND_HUGE
-from .demux import stream_frames
 from .video import (
     ClipFrames,
     clip_windows,
@@ -126,14 +124,7 @@ def audio_segments(
         if size is not None:
             check_wav_not_truncated(head, size)
         handle.seek(0)
-        try:
-            container = av.open(handle, mode="r", options=PROBE_OPTIONS)
-        except Exception as exc:
-            raise MediaError("not a decodable audio file") from exc
-        with container:
-            if not container.streams.audio:
-                raise MediaError("no audio stream")
-            stream = container.streams.audio[0]
+        with open_audio(handle) as (container, stream):
             yield from _audio_segments(container, stream, rule, num_mel_bins, target_len)
 
 
@@ -162,7 +153,7 @@ class _SampleWindow:
 
 def _audio_segments(container, stream, rule, num_mel_bins, target_len) -> Iterator[Segment]:
     window = _SampleWindow()
-    rate = channels = 0
+    rate = 0
     index = 0  # the next segment to emit
 
     def sample_at(seconds: Fraction) -> int:
@@ -178,16 +169,8 @@ def _audio_segments(container, stream, rule, num_mel_bins, target_len) -> Iterat
             last,
         )
 
-    for frame in stream_frames(container, stream, "audio"):
-        if frame.samples == 0:
-            continue
-        chunk = frame_to_float(frame)
-        if not rate:
-            rate, channels = frame.sample_rate, chunk.shape[0]
-        elif frame.sample_rate != rate:
-            raise MediaError("audio changes its sample rate part-way through")
-        elif chunk.shape[0] != channels:
-            raise MediaError("audio changes its channel count part-way through")
+    for chunk_rate, chunk in float_chunks(container, stream):
+        rate = chunk_rate  # the same for every chunk; sample_at and segment read it
         window.append(chunk)
         # A segment whose end lies before the decoded end is complete and not the last.
         while sample_at(rule.start(index) + Fraction(rule.seconds)) < window.end:

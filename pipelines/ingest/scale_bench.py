@@ -134,6 +134,9 @@ def run_job(command: list[str], metrics_path: Path, log_path: Path) -> JobRun:
     if code != 0:
         raise RuntimeError(f"ib-ingest exited with status {code}; its log: {log_path}")
     counters = json.loads(metrics_path.read_text())["counters"]
+    # The last progress line comes up to a second before the end: close with the totals.
+    outcomes = ("written", "unchanged", "failed", "read_failed")
+    done_at.append((elapsed, sum(counters.get(name, 0) for name in outcomes)))
     return JobRun(elapsed, peak_bytes, counters, done_at)
 
 

@@ -135,26 +135,15 @@ def _log_uniform(rng: np.random.Generator, low: float, high: float, count: int) 
 
 
 def photo(rng: np.random.Generator, megapixels: float) -> bytes:
-    """A 4:3 JPEG of about ``megapixels``: smooth colour fields under sensor-like noise.
+    """A 4:3 JPEG of about ``megapixels``, with little noise and quality 85.
 
-    About 0.15 bytes per pixel at quality 85, so 100,000 of them fit on a
+    About 0.15 bytes per pixel on average, so 100,000 of them fit on a
     workstation's disk; decoding costs what a photo of that size costs.
     """
-    from PIL import Image
+    from ib_vectorizer.bench.payloads import image_payload
 
     width = int(math.sqrt(megapixels * 1e6 * 4 / 3)) // 8 * 8
-    height = width * 3 // 4
-    ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
-    xs = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
-    image = np.empty((height, width, 3), np.uint8)
-    for channel in range(3):
-        a, b, phase = rng.uniform(0.5, 4.0, 3)
-        plane = 127.5 + 100.0 * np.sin(2 * np.pi * (a * xs + b * ys) + phase * 2)
-        plane += rng.normal(0.0, 6.0, (height, width)).astype(np.float32)
-        image[..., channel] = np.clip(plane, 0, 255)
-    buffer = io.BytesIO()
-    Image.fromarray(image, "RGB").save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
+    return image_payload(rng, (width, width * 3 // 4), noise=6.0, quality=85)
 
 
 def with_jpeg_comment(jpeg: bytes, comment: str) -> bytes:
@@ -234,32 +223,11 @@ def _as_samples(planes: np.ndarray, sample_format: str) -> np.ndarray:
     return array if sample_format.endswith("p") else array.T.reshape(1, -1)
 
 
-def clip(rng: np.random.Generator, seconds: float, fps: int = 30) -> bytes:
-    """A 320x240 H.264 MP4 of ``seconds``: a scrolling gradient and a moving square."""
-    import av
+def clip(rng: np.random.Generator, seconds: float) -> bytes:
+    """A 320x240 H.264 MP4 of ``seconds`` at 30 fps and 250 kbit/s (see ``video_payload``)."""
+    from ib_vectorizer.bench.payloads import video_payload
 
-    from ib_vectorizer.bench.payloads import video_codec
-
-    width, height = 320, 240
-    base = (np.arange(width)[None, :] + np.arange(height)[:, None]).astype(np.uint8)
-    colour = rng.integers(40, 220, 3).astype(np.uint8)
-    speed = rng.uniform(1.0, 6.0)
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as out:
-        stream = out.add_stream(video_codec(), rate=fps, options={"preset": "veryfast"})
-        stream.bit_rate = 250_000
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for index in range(int(seconds * fps)):
-            shift = int(speed * index)
-            plane = base + np.uint8(shift % 256)
-            image = np.stack([plane, plane + np.uint8(85), plane + np.uint8(170)], axis=-1)
-            x0 = shift * 2 % (width - 48)
-            image[40:88, x0 : x0 + 48] = colour
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = index
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return buffer.getvalue()
+    return video_payload(rng, seconds=max(1, round(seconds)), bit_rate=250_000)
 
 
 def remux_with_tag(data: bytes, container: str, tag: str) -> bytes:
