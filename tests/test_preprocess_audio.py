@@ -203,3 +203,21 @@ def test_video_without_sound_has_no_audio_stream():
     video = encode_video(indexed_frames(4, 32, 32), fps=4)
     with pytest.raises(MediaError, match=r"^no audio stream$"):
         load_audio(video)
+
+
+def test_decoding_processes_give_the_thread_result_on_one_torch_thread_each():
+    from ib_vectorizer.modalities import Modality
+    from ib_vectorizer.model import get_config
+    from ib_vectorizer.preprocess import Preprocessor
+    from ib_vectorizer.preprocess.processes import DecodingProcesses
+
+    preprocessor = Preprocessor.for_model(get_config("imagebind_huge"))
+    wav = wav_bytes(tone([440.0], 3.0, 16_000), 16_000)
+    processes = DecodingProcesses(2)
+    try:
+        in_process = processes.load_item(preprocessor, Modality.AUDIO, wav)
+        assert torch.equal(in_process, preprocessor.load_item(Modality.AUDIO, wav))
+        # One thread each: torch's default (one per core) oversubscribes the machine.
+        assert processes._pool.submit(torch.get_num_threads).result() == 1
+    finally:
+        processes.close()
