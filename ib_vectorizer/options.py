@@ -8,8 +8,9 @@ defaults, and :func:`options_table` writes the README's table, so the three
 cannot drift apart.
 
 :class:`ModelOptions` (``--model``, ``--checkpoint``, ``--random-weights``,
-``--device``, ``--dtype``) is the one description of "which ImageBind, on
-which device, in which precision", used by ``ib-vectorizer embed``, the
+``--device``, ``--dtype``, ``--quantize``, ``--image-decode``,
+``--decode-processes``) is the one description of "which ImageBind, on which
+device, in which precision, fed how", used by ``ib-vectorizer embed``, the
 server, its benchmark, the local stack and the Beam pipeline.
 """
 
