@@ -10,7 +10,6 @@ the standard alphabet is an error, and a data URI is either base64
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 import urllib.parse
@@ -21,13 +20,22 @@ _WHITESPACE = re.compile(rb"\s+")
 
 
 def decode_base64(text: str | bytes) -> bytes:
-    """Standard base64 → bytes, or :class:`MediaError` saying why not."""
+    """Standard base64 → bytes, or :class:`MediaError` saying why not.
+
+    The usual item (no whitespace) is decoded in one pass in C: the server
+    does this for every request while holding the GIL, and stripping
+    whitespace first took 6× longer than the decoding itself.
+    """
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        pass  # line breaks (MIME), or a real error: the careful path below says which
     if isinstance(text, str):
         if not text.isascii():
             raise MediaError("not valid base64 (non-ASCII characters)")
         text = text.encode("ascii")
     try:
-        return base64.b64decode(_WHITESPACE.sub(b"", text), validate=True)
+        return binascii.a2b_base64(_WHITESPACE.sub(b"", text), strict_mode=True)
     except (binascii.Error, ValueError) as err:
         raise MediaError(f"not valid base64 ({err})") from None
 
