@@ -28,12 +28,19 @@ OFF_GIL = (Modality.AUDIO, Modality.VIDEO)
 
 
 class DecodingProcesses:
-    """A pool of ``processes`` decoders, warmed up (imports done) before first use."""
+    """A pool of ``processes`` decoders, warmed up (imports done) before first use.
 
-    def __init__(self, processes: int) -> None:
-        if processes < 1:
-            raise ValueError(f"decoding processes must be at least 1, not {processes}")
+    With 0 processes everything is decoded in the calling thread, so callers
+    hold one of these whichever way they decode.
+    """
+
+    def __init__(self, processes: int = 0) -> None:
+        if processes < 0:
+            raise ValueError(f"decoding processes must be 0 or more, not {processes}")
         self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+        if processes == 0:
+            return
         self._pool = ProcessPoolExecutor(
             max_workers=processes,
             mp_context=multiprocessing.get_context("forkserver"),
@@ -48,12 +55,13 @@ class DecodingProcesses:
         self, preprocessor: Preprocessor, modality: Modality, item: bytes | str, index: int = 0
     ) -> torch.Tensor:
         """``preprocessor.load_item`` — in a process for audio and video, here for the rest."""
-        if modality not in OFF_GIL:
+        if self._pool is None or modality not in OFF_GIL:
             return preprocessor.load_item(modality, item, index)
         return self._pool.submit(preprocessor.load_item, modality, item, index).result()
 
     def close(self) -> None:
-        self._finalizer()
+        if self._pool is not None:
+            self._finalizer()
 
 
 def _start_decoder() -> None:

@@ -110,7 +110,7 @@ class Engine:
             max_workers=settings.preprocess_workers or os.cpu_count() or 2,
             thread_name_prefix="preprocess",
         )
-        self._decoders: DecodingProcesses | None = None  # audio and video, off the GIL
+        self._decoders = DecodingProcesses()  # in the pool's threads until load() says otherwise
 
     @property
     def max_request_items(self) -> int:
@@ -128,7 +128,7 @@ class Engine:
             self.embedders = load_embedders(self.settings)
             for embedder in self.embedders:
                 embedder.warm_up()
-            if self.settings.decode_processes > 0 and self.settings.mode == "batched":
+            if self.settings.mode == "batched":  # the baseline decodes as the reference does
                 self._decoders = DecodingProcesses(self.settings.decode_processes)
             self._on_loaded()
             self.state = "ready"
@@ -155,8 +155,7 @@ class Engine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._decoders is not None:
-            self._decoders.close()
+        self._decoders.close()
 
     def meta(self) -> dict:
         first = self.embedders[0] if self.embedders else None
@@ -188,11 +187,7 @@ class Engine:
                 data = media_bytes(raw)
             except MediaError as err:
                 raise InputError(modality.value, index, str(err)) from None
-        preprocessor = self.embedders[0].preprocessor
-        if self._decoders is not None:
-            tensor = self._decoders.load_item(preprocessor, modality, data, index)
-        else:
-            tensor = preprocessor.load_item(modality, data, index)
+        tensor = self._decoders.load_item(self.embedders[0].preprocessor, modality, data, index)
         self.metrics.preprocess_seconds.labels(modality.value).observe(
             time.perf_counter() - started
         )

@@ -18,7 +18,6 @@ import json
 import time
 
 import apache_beam as beam
-import torch
 from apache_beam.utils.shared import Shared
 
 from ib_vectorizer.errors import InputError, MediaError, MediaTooLong
@@ -115,7 +114,7 @@ class Decode(CollectionDoFn):
     def setup(self) -> None:
         if self.cutter is not None:  # Weaviate only for deleting a changed source's segments
             super().setup()
-        self._decoders = None
+        self._decoders = DecodingProcesses()
         if self.decode_processes and self.preprocessor is not None:
             processes = self.decode_processes
             self._decoders = self._shared_decoders.acquire(lambda: DecodingProcesses(processes))
@@ -129,7 +128,9 @@ class Decode(CollectionDoFn):
                 modality = ready.modalities[name]
                 started = time.perf_counter()
                 try:
-                    ready.inputs[name] = self._load(modality, content)
+                    ready.inputs[name] = self._decoders.load_item(
+                        self.preprocessor, modality, content
+                    )
                 except InputError as err:
                     reason = f"{name} ({err.modality}): {err.reason}"
                     if isinstance(err.cause, MediaTooLong):
@@ -143,11 +144,6 @@ class Decode(CollectionDoFn):
                     self.time.add(modality.label, time.perf_counter() - started)
         self.decoded.inc()
         yield ready
-
-    def _load(self, modality, content) -> torch.Tensor:
-        if self._decoders is not None:
-            return self._decoders.load_item(self.preprocessor, modality, content)
-        return self.preprocessor.load_item(modality, content)
 
     def _cut(self, source: Source):
         name, value = source.field, source.obj.fields[source.field]
