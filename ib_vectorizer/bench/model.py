@@ -21,7 +21,6 @@ not imported). It prints Meta's items/s and ours divided by it.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import statistics
 import sys
@@ -136,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference is not None:
         meta = load_reference(args.reference)(pretrained=False).eval()
         meta.load_state_dict(fp32.state_dict(), strict=True)
-        gc.collect()
     encoders = {"fp32": ours(fp32), "int8": ours(int8)}
     if meta is not None:
         encoders["meta"] = reference(meta)

@@ -36,7 +36,7 @@ from .audio import MAX_AUDIO_SECONDS, load_audio
 from .config import IMAGEBIND_HUGE, IMU_CHANNELS, PreprocessConfig
 from .constants import AUDIO_CLIPS, VIDEO_CLIPS, VIDEO_CROPS
 from .grayscale import load_depth, load_thermal
-from .image import IMAGE_DECODE_MODES, load_image, reduce_target
+from .image import load_image, reduce_target
 from .imu import load_imu
 from .text import load_text
 from .video import MAX_VIDEO_SECONDS, load_video
@@ -144,10 +144,4 @@ class Preprocessor:
         return load_imu(item, c.imu_samples)
 
 
-__all__ = [
-    "IMAGE_DECODE_MODES",
-    "MAX_AUDIO_SECONDS",
-    "MAX_VIDEO_SECONDS",
-    "PreprocessConfig",
-    "Preprocessor",
-]
+__all__ = ["MAX_AUDIO_SECONDS", "MAX_VIDEO_SECONDS", "PreprocessConfig", "Preprocessor"]

@@ -80,8 +80,6 @@ class ServerSettings(ModelOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mode not in MODES:
-            raise ValueError(f"IB_MODE must be 'batched' or 'baseline', not {self.mode!r}")
         for name in ("max_batch", "max_queue", "max_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
