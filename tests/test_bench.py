@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from ib_vectorizer.bench import add_bench_parser
 from ib_vectorizer.bench.command import run_bench
@@ -79,6 +80,14 @@ def test_mix_flag_appends_scenarios_and_reports_bad_ones(capsys):
     assert "unknown modality 'smell'" in capsys.readouterr().err
 
 
+def test_image_size_flag_reads_width_by_height(capsys):
+    assert parse().image_size == (640, 480)
+    assert parse("--image-size", "4000x3000").image_size == (4000, 3000)
+    with pytest.raises(SystemExit):
+        parse("--image-size", "12MP")
+    assert "expected WIDTHxHEIGHT" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ payloads
 
 
@@ -105,6 +114,14 @@ def test_payload_shapes_match_the_brief():
     assert rows[0] == "gyro_x,gyro_y,gyro_z,accl_x,accl_y,accl_z" and len(rows) == 2001
     audio = make_pool("audio", 1)[0]
     assert audio[:4] == b"RIFF" and len(audio) == 44 + 5 * 16_000 * 2
+
+
+def test_image_payloads_come_at_the_size_asked_for():
+    from PIL import Image
+
+    photo = Image.open(io.BytesIO(make_pool("image", 1, image_size=(1600, 1200))[0]))
+    assert photo.size == (1600, 1200)
+    assert make_pool("text", 1, image_size=(1600, 1200)) == make_pool("text", 1)
 
 
 # ------------------------------------------------------------------ load and statistics
@@ -238,3 +255,43 @@ def test_model_benchmark_prints_float32_and_int8_for_every_modality():
         assert float(cells[2].replace(",", "")) > 0 and float(cells[3].replace(",", "")) > 0
         assert cells[4].endswith("×")
         assert 0.998 <= float(cells[5]) <= 1.0
+
+
+def test_reference_server_builds_the_containers_model_with_our_weights(tmp_path, monkeypatch):
+    # A stand-in for Meta's module: the container calls imagebind_huge(pretrained=True).
+    models = tmp_path / "ImageBind" / "models"
+    models.mkdir(parents=True)
+    (tmp_path / "ImageBind" / "__init__.py").write_text("")
+    (models / "__init__.py").write_text("")
+    (models / "imagebind_model.py").write_text(
+        "import torch\n"
+        "class ImageBindModel(torch.nn.Module):\n"
+        "    def __init__(self, out_embed_dim=1024, vision_embed_dim=1280):\n"
+        "        super().__init__()\n"
+        "        self.head = torch.nn.Linear(vision_embed_dim, out_embed_dim)\n"
+        "def imagebind_huge(pretrained=False):\n"
+        "    raise RuntimeError('would download Meta weights')\n"
+    )
+    weights = {"head.weight": torch.full((32, 64), 0.5), "head.bias": torch.zeros(32)}
+    torch.save(weights, tmp_path / "weights.pt")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [n for n in sys.modules if n.startswith("ImageBind")]:
+        monkeypatch.delitem(sys.modules, name)
+
+    from ib_vectorizer.bench.reference_server import patch_weights
+    from ib_vectorizer.model import get_config
+
+    patch_weights(tmp_path, get_config(FIXTURE / "config.json"), tmp_path / "weights.pt")
+    module = sys.modules["ImageBind.models.imagebind_model"]
+    model = module.imagebind_huge(pretrained=True)  # the fixture's sizes, our weights
+    assert model.head.weight.shape == (32, 64)
+    assert torch.equal(model.head.weight, weights["head.weight"])
+    for name in [n for n in sys.modules if n.startswith("ImageBind")]:
+        del sys.modules[name]
+
+
+def test_reference_server_says_what_the_app_directory_lacks(tmp_path):
+    from ib_vectorizer.bench.reference_server import main
+
+    with pytest.raises(SystemExit, match=r"no app\.py in it"):
+        main(["--app", str(tmp_path), "--model", "imagebind_huge", "--checkpoint", "w.pt"])

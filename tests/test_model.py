@@ -130,3 +130,12 @@ def test_random_weights_give_finite_distinct_vectors(preprocessed):
     assert not torch.allclose(out[0], out[1])
     with pytest.raises(ValueError, match="exactly one"):
         create_model(FIXTURE / "config.json")
+
+
+def test_an_image_embeds_like_the_clip_of_its_repeated_frames(tiny_model, preprocessed):
+    # Images take a 2-D conv with the time-summed kernel; clips the 3-D conv.
+    images = torch.from_numpy(preprocessed["vision"])
+    as_clips = images.unsqueeze(2).repeat(1, 1, 2, 1, 1)
+    torch.testing.assert_close(
+        tiny_model.embed("vision", images), tiny_model.embed("vision", as_clips), atol=1e-6, rtol=0
+    )

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from ib_vectorizer.errors import MediaError
-from ib_vectorizer.preprocess.imu import load_imu
+from ib_vectorizer.preprocess.imu import (
+    _parse_csv_carefully,
+    _parse_plain_csv,
+    load_imu,
+    parse_imu_csv,
+)
 from ib_vectorizer.preprocess.text import load_text
 
 HEADER = "gyro_x,gyro_y,gyro_z,accl_x,accl_y,accl_z\n"
@@ -49,6 +54,40 @@ def test_long_recording_is_cut_on_the_right():
 
 def test_csv_without_header_reads_every_row(table):
     torch.testing.assert_close(load_imu(csv_bytes(table, header=False)), load_imu(csv_bytes(table)))
+
+
+CSV_VARIANTS = {
+    "header": HEADER + "1,2,3,4,5,6\n7,8,9,10,11,12\n",
+    "no header, no final newline": "1,2,3,4,5,6\n7,8,9,10,11,12",
+    "CRLF": HEADER.replace("\n", "\r\n") + "1,2,3,4,5,6\r\n7,8,9,10,11,12\r\n",
+    "spaces around cells": " 1, 2 ,3,4,5,6\n7,8,9,10,11,12 \n",
+    "blank lines": "\n\n" + HEADER + "1,2,3,4,5,6\n\n7,8,9,10,11,12\n\n",
+    "exponents": "1e-3,2.5E+2,-3,4,5,6\n",
+    "underscores": "1_000,2,3,4,5,6\n",
+    "quoted cells": '"1","2",3,4,5,6\n',
+    "comment as header": "# recorded 2024\n1,2,3,4,5,6\n",
+}
+# Read by numpy's C reader; the others take the careful path.
+PLAIN = {
+    "header",
+    "no header, no final newline",
+    "CRLF",
+    "spaces around cells",
+    "blank lines",
+    "exponents",
+    "comment as header",
+}
+
+
+@pytest.mark.parametrize("name", CSV_VARIANTS)
+def test_numpy_reader_and_careful_reader_agree(name):
+    text = CSV_VARIANTS[name]
+    fast = _parse_plain_csv(text)
+    assert (fast is not None) == (name in PLAIN)
+    careful = _parse_csv_carefully(text)
+    if fast is not None:
+        assert np.array_equal(fast, careful)
+    assert np.array_equal(parse_imu_csv(text.encode()), careful)
 
 
 def test_npy_in_either_layout(table):

@@ -31,7 +31,7 @@ from typing import Any
 from ..options import ModelOptions, add_flags, as_env, from_sources
 from ..server_process import READY_PATH, ServerProcess, ServerStartError, http_status
 from .driver import Load, measure, mix_name, parse_mix
-from .payloads import PayloadError, make_bodies
+from .payloads import DEFAULT_IMAGE_SIZE, PayloadError, make_bodies
 from .report import (
     machine_info,
     machine_line,
@@ -55,6 +55,13 @@ def _mix_arg(text: str) -> dict[str, float]:
         return parse_mix(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1600x1200, not {text!r}")
+    return int(width), int(height)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -119,6 +126,13 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="modality=weight,... over image, text, audio, video, depth, thermal, imu "
         "(default image=1); repeat for several scenarios",
+    )
+    load.add_argument(
+        "--image-size",
+        type=_size_arg,
+        default=DEFAULT_IMAGE_SIZE,
+        metavar="WxH",
+        help="pixels of the image payloads (640x480; phone photos are 1600x1200 to 4000x3000)",
     )
     load.add_argument("--seed", type=int, default=0, help="payloads and request draws")
     load.add_argument(
@@ -334,7 +348,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         flush=True,
     )
     progress("generating payloads ...")
-    bodies = make_bodies({kind for mix in mixes.values() for kind in mix}, seed=load.seed)
+    kinds = {kind for mix in mixes.values() for kind in mix}
+    bodies = make_bodies(kinds, seed=load.seed, image_size=args.image_size)
 
     results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in mixes}
     servers: dict[str, dict[str, Any]] = {}

@@ -26,6 +26,7 @@ from ..serving.protocol import WIRE_NAME
 if TYPE_CHECKING:
     import numpy as np
 
+DEFAULT_IMAGE_SIZE = (640, 480)
 POOL_SIZE = 8  # distinct payloads per modality, so a server cannot answer from a cache
 IMU_HEADER = "gyro_x,gyro_y,gyro_z,accl_x,accl_y,accl_z"
 
@@ -36,7 +37,7 @@ class PayloadError(RuntimeError):
 
 def image_payload(
     rng: np.random.Generator,
-    size: tuple[int, int] = (640, 480),
+    size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     noise: float = 20.0,
     quality: int = 90,
 ) -> bytes:
@@ -188,13 +189,24 @@ GENERATORS: dict[Modality, Callable[[Any], bytes | str]] = {
 }
 
 
-def make_pool(kind: Modality | str, count: int = POOL_SIZE, seed: int = 0) -> list[bytes | str]:
-    """``count`` distinct, deterministic payloads of one modality (texts as str, media as bytes)."""
+def make_pool(
+    kind: Modality | str,
+    count: int = POOL_SIZE,
+    seed: int = 0,
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+) -> list[bytes | str]:
+    """``count`` distinct, deterministic payloads of one modality (texts as str, media as bytes).
+
+    ``image_size`` (width, height) is the size of image payloads.
+    """
     import numpy as np
 
     modality = Modality.parse(kind)
     rng = np.random.default_rng([seed, list(Modality).index(modality)])
-    pool = [GENERATORS[modality](rng) for _ in range(count)]
+    if modality is Modality.VISION:
+        pool = [image_payload(rng, size=image_size) for _ in range(count)]
+    else:
+        pool = [GENERATORS[modality](rng) for _ in range(count)]
     if len(set(pool)) < count:  # a short text list could repeat; vary it rather than cache-hit
         pool = [item if isinstance(item, bytes) else f"{item} ({i})" for i, item in enumerate(pool)]
     return pool
@@ -206,8 +218,9 @@ def request_body(kind: Modality | str, item: bytes | str) -> bytes:
     return json.dumps({WIRE_NAME[Modality.parse(kind)]: [value]}).encode("utf-8")
 
 
-def make_bodies(kinds: Iterable[str], seed: int) -> dict[str, list[bytes]]:
+def make_bodies(
+    kinds: Iterable[str], seed: int, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+) -> dict[str, list[bytes]]:
     """A pool of request bodies per modality, keyed by the names given."""
-    return {
-        kind: [request_body(kind, item) for item in make_pool(kind, seed=seed)] for kind in kinds
-    }
+    pools = {kind: make_pool(kind, seed=seed, image_size=image_size) for kind in kinds}
+    return {kind: [request_body(kind, item) for item in pool] for kind, pool in pools.items()}

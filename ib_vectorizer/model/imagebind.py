@@ -15,7 +15,14 @@ from torch import nn
 
 from .config import ImageBindConfig
 from .heads import TextHead, cls_head, postprocessor
-from .stems import IMUStem, PatchEmbedding, PatchStem, RepeatFrames, TextEmbedding
+from .stems import (
+    FramePatchStem,
+    IMUStem,
+    PatchEmbedding,
+    PatchStem,
+    RepeatFrames,
+    TextEmbedding,
+)
 from .transformer import Trunk
 
 ENCODERS = ("vision", "text", "audio", "depth", "thermal", "imu")
@@ -111,7 +118,7 @@ class ImageBind(nn.Module):
         conv = nn.Conv3d(
             3, c.vision_embed_dim, kernel_size=c.kernel_size, stride=c.kernel_size, bias=False
         )
-        stem = PatchStem(nn.Sequential(RepeatFrames(c.video_frames), conv))
+        stem = FramePatchStem(nn.Sequential(RepeatFrames(c.video_frames), conv))
         patches = (c.video_frames // t) * (c.image_size // k) ** 2
         return PatchEmbedding("rgbt_stem", stem, patches, c.vision_embed_dim)
 

@@ -7,6 +7,7 @@ checkpoint's keys so Meta's weights load with ``strict=True``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 STEM_LN_EPS = 1e-5  # PyTorch's default, as in the stems of the trained model
@@ -36,6 +37,24 @@ class PatchStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x).flatten(2).transpose(1, 2)  # (B, D, *grid) → (B, tokens, D)
         return self.norm_layer(x) if self.norm_layer is not None else x
+
+
+class FramePatchStem(PatchStem):
+    """Vision: ``RepeatFrames`` then a Conv3d whose kernel spans the clip's frames.
+
+    A still image becomes identical frames, and a kernel spanning identical
+    frames is a 2-D kernel summed over time: the image goes through that 2-D
+    conv instead (half the multiply-adds, no copy of the image per frame; equal
+    to the 3-D conv up to float rounding). Clips take the 3-D conv.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        repeat, conv = self.proj
+        if x.ndim == 4 and conv.kernel_size[0] == conv.stride[0] == repeat.frames:
+            weight = conv.weight.float().sum(dim=2).to(conv.weight.dtype)
+            x = F.conv2d(x, weight, conv.bias, stride=conv.stride[1:]).flatten(2).transpose(1, 2)
+            return self.norm_layer(x) if self.norm_layer is not None else x
+        return super().forward(x)
 
 
 class IMUStem(PatchStem):

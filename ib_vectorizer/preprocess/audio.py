@@ -40,7 +40,6 @@ Where the reference crashes we do something sensible instead:
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
@@ -49,7 +48,6 @@ from typing import BinaryIO
 import av
 import numpy as np
 import torch
-import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 
 from ib_vectorizer.errors import MediaError, MediaTooLong
@@ -59,17 +57,23 @@ from ib_vectorizer.preprocess.constants import (
     AUDIO_CLIPS,
     AUDIO_FBANK_MEAN,
     AUDIO_FBANK_STD,
-    AUDIO_FRAME_LENGTH_MS,
-    AUDIO_FRAME_SHIFT_MS,
     AUDIO_SAMPLE_RATE,
 )
 from ib_vectorizer.preprocess.demux import stream_frames
+from ib_vectorizer.preprocess.fbank import WINDOW_SAMPLES, log_mel_filterbank
+from ib_vectorizer.preprocess.wav import check_wav_not_truncated, read_pcm_wav
 
-__all__ = ["audio_input", "clip_bounds", "decode_audio", "load_audio", "waveform_to_fbank"]
+__all__ = [
+    "audio_input",
+    "clip_bounds",
+    "decode_audio",
+    "decode_with_ffmpeg",
+    "load_audio",
+    "waveform_to_fbank",
+]
 
 # Full-scale divisors for PyAV's integer sample formats (planar or packed).
 _INT_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
-_WINDOW_SAMPLES = int(AUDIO_SAMPLE_RATE * AUDIO_FRAME_LENGTH_MS / 1000)
 
 
 # Decoded audio is ~1000x larger than a compressed file of silence; beyond this
@@ -116,10 +120,29 @@ PROBE_OPTIONS = {"probesize": "32768"}
 def decode_audio(
     data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS
 ) -> tuple[torch.Tensor, int]:
-    """All samples of the first audio stream as float32 (channels, samples), and the rate."""
+    """All samples of the first audio stream as float32 (channels, samples), and the rate.
+
+    PCM WAVs are read directly (:mod:`.wav`), everything else through FFmpeg;
+    both give the same floats.
+    """
     if not data:
         raise MediaError("audio file is empty (0 bytes)")
     check_wav_not_truncated(data)
+    pcm = read_pcm_wav(data)
+    if pcm is None:
+        return decode_with_ffmpeg(data, max_seconds)
+    samples, sample_rate = pcm
+    if max_seconds is not None and samples.shape[1] > max_seconds * sample_rate:
+        raise MediaTooLong(f"audio is longer than the limit of {max_seconds:g} s")
+    if samples.shape[1] == 0:
+        raise MediaError("audio is empty (0 samples)")
+    return torch.from_numpy(samples), sample_rate
+
+
+def decode_with_ffmpeg(
+    data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS
+) -> tuple[torch.Tensor, int]:
+    """:func:`decode_audio` through PyAV, for any format FFmpeg reads."""
     with open_audio(io.BytesIO(data)) as (container, stream):
         chunks, sample_rate = _decode_stream(container, stream, max_seconds)
     if not chunks:
@@ -188,32 +211,6 @@ def frame_to_float(frame: av.AudioFrame) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)  # flt / dbl
 
 
-def check_wav_not_truncated(data: bytes, file_size: int | None = None) -> None:
-    """Raise if a RIFF/WAVE file holds fewer sample bytes than its ``data`` chunk declares.
-
-    FFmpeg trims the duration of a cut-off WAV to what is there and decodes it
-    without complaint, so a half-downloaded file would silently give a vector.
-    Streaming writers leave the size as 0 or 0xFFFFFFFF; those are not checked.
-    ``data`` may be just the file's head when ``file_size`` gives its length.
-    """
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return
-    offset = 12
-    while offset + 8 <= len(data):
-        chunk_id = data[offset : offset + 4]
-        (size,) = struct.unpack("<I", data[offset + 4 : offset + 8])
-        offset += 8
-        if chunk_id == b"data":
-            present = (len(data) if file_size is None else file_size) - offset
-            if 0 < size < 0xFFFFFFFF and present < 0.99 * size:
-                raise MediaError(
-                    f"audio file is truncated: the WAV header declares {size} bytes "
-                    f"of samples, the file holds {max(present, 0)}"
-                )
-            return
-        offset += size + (size & 1)  # RIFF chunks are padded to an even size
-
-
 def resample_to_model_rate(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """Resample (channels, samples) to 16 kHz with torchaudio's default sinc filter."""
     if sample_rate == AUDIO_SAMPLE_RATE:
@@ -245,19 +242,10 @@ def waveform_to_fbank(
     target_len: int = IMAGEBIND_HUGE.audio_target_len,
 ) -> torch.Tensor:
     """A mean-subtracted clip (channels, samples) -> normalised fbank (1, mel bins, target_len)."""
-    if clip.shape[1] < _WINDOW_SAMPLES:  # the reference crashes here; pad to one window
-        clip = torch.nn.functional.pad(clip, (0, _WINDOW_SAMPLES - clip.shape[1]))
-    fbank = kaldi.fbank(
-        clip,
-        htk_compat=True,
-        sample_frequency=AUDIO_SAMPLE_RATE,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=num_mel_bins,
-        dither=0.0,
-        frame_length=AUDIO_FRAME_LENGTH_MS,
-        frame_shift=AUDIO_FRAME_SHIFT_MS,
-    ).T  # (num_mel_bins, frames); fbank reads channel 0 of a multi-channel clip
+    if clip.shape[1] < WINDOW_SAMPLES:  # the reference crashes here; pad to one window
+        clip = torch.nn.functional.pad(clip, (0, WINDOW_SAMPLES - clip.shape[1]))
+    # (num_mel_bins, frames); Kaldi's fbank reads channel 0 of a multi-channel clip
+    fbank = log_mel_filterbank(num_mel_bins)(clip).T
     fbank = fbank[:, :target_len]
     missing = target_len - fbank.shape[1]
     if missing > 0:

@@ -90,7 +90,9 @@ def load_image(
     data: bytes, size: int = IMAGEBIND_HUGE.image_size, decode: str = "exact"
 ) -> torch.Tensor:
     """Encoded image bytes → float32 (3, size, size); ``decode`` is exact or fast."""
-    image = open_image(data, reduce_to=reduce_target(decode, size)).convert("RGB")
+    image = open_image(data, reduce_to=reduce_target(decode, size))
+    if image.mode != "RGB":  # convert() of an RGB image would copy it
+        image = image.convert("RGB")
     tensor = TF.to_tensor(resize_and_crop(image, size))
     return TF.normalize(tensor, CLIP_MEAN, CLIP_STD)
 

