@@ -13,14 +13,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions, add_flags, from_sources
-from ib_vectorizer.retry import first_line
+from ib_vectorizer.retry import Backoff, call_with_retries, first_line
 
 from .command import CommandError, CommandParser, check_checkpoint, console_logging, fail
-from .connection import connect_weaviate
+from .connection import CONSISTENCY_LEVELS, connect_first, parse_nodes, with_consistency
 
 # --near-image, --near-audio, ..., --near-text; a media label is also its NearMediaType member.
 NEAR_KINDS = [m.label for m in Modality if m is not Modality.TEXT] + ["text"]
@@ -36,9 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar = "TEXT" if name == "text" else "FILE"
         near.add_argument(f"--near-{name}", metavar=metavar, help=f"query by {name}")
     parser.add_argument("--limit", type=int, default=10)
-    parser.add_argument("--weaviate-url", help="a running Weaviate (default: the local stack)")
     parser.add_argument(
-        "--grpc-port", type=int, default=None, help="Weaviate's gRPC port (default 50051)"
+        "--weaviate-url",
+        help="a running Weaviate (default: the local stack); URL,URL,... asks the first of "
+        "several cluster nodes that answers",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        default="50051",
+        help="Weaviate's gRPC port, or one per --weaviate-url in the same order (default 50051)",
+    )
+    parser.add_argument(
+        "--consistency-level",
+        choices=CONSISTENCY_LEVELS,
+        default=None,
+        help="replicas that must answer alike: ONE keeps answering while nodes are down "
+        "(Weaviate's default QUORUM)",
     )
     parser.add_argument("--data-dir", help="the local stack's data directory")
     add_flags(parser.add_argument_group("the local stack's model"), ModelOptions)
@@ -49,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 def connect(args: argparse.Namespace, resources: ExitStack):
     """A client for --weaviate-url, or for a local stack started (and stopped) here."""
     if args.weaviate_url:
+        nodes = parse_nodes(args.weaviate_url, args.grpc_port)
         try:
-            client = connect_weaviate(args.weaviate_url, args.grpc_port or 50051)
+            client, _ = connect_first(nodes)
         except Exception as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise CommandError(f"cannot reach Weaviate at {args.weaviate_url}: {reason}") from None
@@ -75,7 +90,7 @@ def search(client, args: argparse.Namespace) -> list[dict]:
 
     if not client.collections.exists(args.collection):
         raise CommandError(f"collection {args.collection!r} does not exist")
-    collection = client.collections.get(args.collection)
+    collection = with_consistency(client.collections.get(args.collection), args.consistency_level)
     shown = [p.name for p in collection.config.get().properties if p.data_type != DataType.BLOB]
     options = {
         "limit": args.limit,
@@ -88,21 +103,45 @@ def search(client, args: argparse.Namespace) -> list[dict]:
         if getattr(args, f"near_{k}") is not None
     )
     if kind == "text":
-        result = collection.query.near_text(query=value, **options)
+        query = partial(collection.query.near_text, query=value, **options)
     else:
         try:
             media = Path(value).read_bytes()
         except OSError as err:
             raise CommandError(f"cannot read {value}: {err.strerror}") from None
-        result = collection.query.near_media(
+        query = partial(
+            collection.query.near_media,
             media=base64.b64encode(media).decode(),
             media_type=getattr(NearMediaType, kind.upper()),
             **options,
         )
+    result = query()
     return [
         {"id": str(o.uuid), "distance": o.metadata.distance, "properties": dict(o.properties)}
         for o in result.objects
     ]
+
+
+# A node that has just died is still asked for its shards (and, if it led the Raft
+# group, for the schema) until the others notice, seconds later: a query failing
+# on the way is asked again rather than reported.
+QUERY_BACKOFF = Backoff(attempts=6, base_s=0.5, max_s=8.0)
+
+
+def transient(err: Exception) -> bool:
+    """Worth asking again: a server-side (5xx) or connection failure, not a bad query."""
+    from weaviate.exceptions import (
+        UnexpectedStatusCodeError,
+        WeaviateConnectionError,
+        WeaviateQueryError,
+        WeaviateTimeoutError,
+    )
+
+    if isinstance(err, UnexpectedStatusCodeError):
+        return err.status_code >= 500
+    if isinstance(err, WeaviateQueryError):
+        return "unavailable" in str(err).lower() or "connection" in str(err).lower()
+    return isinstance(err, WeaviateConnectionError | WeaviateTimeoutError)
 
 
 def print_hits(hits: list[dict], as_json: bool) -> None:
@@ -142,7 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with ExitStack() as resources:
             client = connect(args, resources)
-            hits = search(client, args)
+            hits = call_with_retries(
+                partial(search, client, args),
+                retryable=transient,
+                backoff=QUERY_BACKOFF,
+                what="the query",
+            )
     except (CommandError, ValueError) as err:
         return fail("ib-query", str(err))
     except Exception as err:  # weaviate-client errors: one line, not a traceback

@@ -95,28 +95,45 @@ def create_bind_collection(
     fields: Sequence[MediaField],
     metadata: Mapping[str, object] | None = None,
     vector_name: str = DEFAULT_VECTOR_NAME,
+    replication_factor: int | None = None,
 ):
     """Create (or return, if it exists) a collection vectorized by our server via Weaviate.
 
     ``metadata`` maps extra property names to ``weaviate.classes.config.DataType``;
     a ``source_id`` TEXT property is always added so objects can be found from
-    their source.
+    their source. ``replication_factor`` R keeps every shard on R nodes of a
+    cluster (Weaviate's default: 1); a node that was down catches up by
+    Weaviate's async replication, on by default since 1.38. An existing
+    collection with another factor is an error: Weaviate does not change it
+    by updating the definition.
     """
     from weaviate.classes.config import DataType
 
+    if replication_factor is not None and replication_factor < 1:
+        raise ValueError(f"a replication factor is 1 or more, not {replication_factor}")
     if client.collections.exists(name):
-        return client.collections.get(name)
+        collection = client.collections.get(name)
+        if replication_factor is not None:
+            existing = collection.config.get().replication_config.factor
+            if existing != replication_factor:
+                raise ValueError(
+                    f"collection {name} exists with replication factor {existing}, not "
+                    f"{replication_factor}: Weaviate moves replicas for that (replica "
+                    "movement), or ingest into a new collection"
+                )
+        return collection
     types = {f.name: f.data_type for f in fields}
     for key, data_type in {SOURCE_ID: DataType.TEXT, **(metadata or {})}.items():
         types.setdefault(key, data_type)
     vector_config = _weaviate_module_config(bind_vector_config(fields, vector_name))
-    return client.collections.create_from_dict(
-        {
-            "class": name,
-            "properties": [_property(name, data_type) for name, data_type in types.items()],
-            "vectorConfig": {vector_name: vector_config},
-        }
-    )
+    definition = {
+        "class": name,
+        "properties": [_property(name, data_type) for name, data_type in types.items()],
+        "vectorConfig": {vector_name: vector_config},
+    }
+    if replication_factor is not None:
+        definition["replicationConfig"] = {"factor": replication_factor}
+    return client.collections.create_from_dict(definition)
 
 
 def _property(name: str, data_type) -> dict:

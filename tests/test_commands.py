@@ -79,6 +79,15 @@ def test_ib_ingest_shows_progress_and_the_closing_summary(stack, tmp_path):
         ("ib-query", ["--collection", "C"], "one of the arguments"),
         ("ib-stack", ["--checkpoint", "{missing}"], "ib-vectorizer download"),
         ("ib-stack", ["--dtype", "float8"], "invalid choice"),
+        ("ib-stack", ["--nodes", "0"], "--nodes must be 1 or more"),
+        ("ib-ingest", ["--input", "{data}", "--collection", "C", "--weaviate-url", "{dead},{dead}",
+                       "--grpc-port", "1,2,3"], "gives 3 ports for 2 Weaviate URLs"),
+        ("ib-ingest", ["--input", "{data}", "--collection", "C", "--replication-factor", "0"],
+         "--replication-factor must be 1 or more"),
+        ("ib-ingest", ["--input", "{data}", "--collection", "C", "--consistency-level", "MOST"],
+         "invalid choice"),
+        ("ib-query", ["--collection", "C", "--near-text", "x", "--weaviate-url", "{dead}",
+                      "--consistency-level", "SOME"], "invalid choice"),
     ],
 )  # fmt: skip
 def test_start_up_errors_are_one_line_and_start_nothing(tmp_path, command, args, expected):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from weaviate.util import generate_uuid5
 
 from ib_vectorizer.modalities import Modality
@@ -98,3 +99,20 @@ def test_int8_changes_the_fingerprint_and_none_keeps_the_old_one():
     before = model_fingerprint("server", options, FIELDS, meta)  # a server without the key
     assert model_fingerprint("server", options, FIELDS, {**meta, "quantize": "none"}) == before
     assert model_fingerprint("server", options, FIELDS, {**meta, "quantize": "int8"}) != before
+
+
+def test_weaviate_nodes_are_urls_with_their_grpc_ports():
+    from pipelines.connection import parse_nodes
+
+    assert parse_nodes("http://a:8080", "50051") == [("http://a:8080", 50051)]
+    assert parse_nodes("http://a:8080,http://b:8081", 50051) == [
+        ("http://a:8080", 50051),
+        ("http://b:8081", 50051),
+    ]
+    assert parse_nodes(" http://a:1 , http://b:2 ", "7,8") == [("http://a:1", 7), ("http://b:2", 8)]
+    with pytest.raises(ValueError, match="gives 2 ports for 3 Weaviate URLs"):
+        parse_nodes("http://a:1,http://b:2,http://c:3", "7,8")
+    with pytest.raises(ValueError, match="is not a URL"):
+        parse_nodes("a:1", "7")
+    with pytest.raises(ValueError, match="not a port"):
+        parse_nodes("http://a:1", "seven")

@@ -249,7 +249,9 @@ def test_stack_command_persists_data_and_stops_cleanly(tmp_path):
         )
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
-    assert process.stdout.read() == ""  # the three endpoint lines were all it printed
+    # After the three endpoint lines, one line for its one Weaviate node, and nothing else.
+    (node_line,) = process.stdout.read().splitlines()
+    assert node_line.startswith(f"weaviate node 1: {endpoints['weaviate http']} grpc "), node_line
     time.sleep(0.5)
     assert not port_open(http_port) and not port_open(vectorizer_port)
 

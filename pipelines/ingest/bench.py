@@ -3,6 +3,7 @@
     python -m pipelines.ingest.bench --objects 400 [--modality image] [--data-dir D]
     python -m pipelines.ingest.bench --scale 100000 [--dataset DIR]   (see scale_bench)
     python -m pipelines.ingest.bench --long-audio 10 120   (segmented, peak RSS per length)
+    python -m pipelines.ingest.bench --cluster 3 --objects 400   (one node vs a cluster)
 
 Generates N synthetic objects (deterministic media in a temporary directory),
 starts the local stack (or uses ``--weaviate-url``/``--vectorizer-url``), then
@@ -107,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MINUTES",
         help="instead: ingest one recording of each length in 10 s segments, print peak RSS",
     )
+    parser.add_argument(
+        "--cluster",
+        type=int,
+        metavar="N",
+        help="instead: stack start-up and ib-ingest objects/s, one node against N nodes "
+        "with replication factor N",
+    )
     add_flags(parser.add_argument_group("model"), ModelOptions)
     args, beam_args = parser.parse_known_args(argv)
 
@@ -126,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return scale(args, model, beam_args)
     if args.long_audio:
         return long_audio(args, model)
+    if args.cluster is not None:
+        return cluster(args, model, beam_args)
     with tempfile.TemporaryDirectory(prefix="ib-ingest-bench-") as tmp:
         root = Path(tmp) / "data"
         paths = make_dataset(root, args.objects, args.modality)
@@ -203,6 +213,66 @@ def scale(args, model: ModelOptions, extra: list[str]) -> int:
         log.info("job logs in %s", work)
         with LocalStack(args.data_dir or work / "stack", model) as stack:
             return run_scale(plan, root, work, model, stack, extra)
+
+
+def cluster(args, model: ModelOptions, extra: list[str]) -> int:
+    """``--cluster N``: the same ingest into one node and into N nodes at replication factor N.
+
+    Each stack is started fresh (its start-up timed, as ``ib-stack --nodes``
+    would start it), the job writes through every node, and the collection
+    is counted at consistency ALL.
+    """
+    import os
+
+    from weaviate.classes.config import ConsistencyLevel
+
+    from ib_vectorizer.bench.report import cpu_model
+
+    from ..stack import LocalStack
+    from .pipeline import main as ingest
+
+    if args.cluster < 2:
+        print("error: --cluster must be 2 or more", file=sys.stderr)
+        return 1
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ib-ingest-cluster-") as tmp:
+        root = Path(tmp) / "data"
+        make_dataset(root, args.objects, args.modality)
+        for nodes in (1, args.cluster):
+            started = time.perf_counter()
+            with LocalStack(Path(tmp) / f"stack{nodes}", model, nodes=nodes) as stack:
+                start_s = time.perf_counter() - started
+                urls = ",".join(n.http for n in stack.endpoints.nodes)
+                ports = ",".join(str(n.grpc_port) for n in stack.endpoints.nodes)
+                job = ["--input", str(root), "--collection", "Bench"]
+                job += ["--weaviate-url", urls, "--grpc-port", ports]
+                job += ["--replication-factor", str(nodes), *as_flags(model)]
+                job += ["--dead-letter", str(Path(tmp) / f"failures{nodes}.jsonl"), *extra]
+                started = time.perf_counter()
+                if ingest(job) != 0:
+                    return 1
+                ingest_s = time.perf_counter() - started
+                with stack.client() as client:
+                    collection = client.collections.get("Bench")
+                    at_all = collection.with_consistency_level(ConsistencyLevel.ALL)
+                    found = len(at_all.query.fetch_objects(limit=args.objects + 1).objects)
+            if found != args.objects:
+                print(
+                    f"error: {found} of {args.objects} objects at {nodes} node(s)", file=sys.stderr
+                )
+                return 1
+            rows.append((nodes, start_s, args.objects / ingest_s))
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores; model {model.model}; "
+        f"{args.objects} {args.modality} objects, written through every node, counted at ALL"
+    )
+    print(
+        "| Weaviate nodes | replication factor | stack start-up s | ingest objects/s | ÷ one node |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    for nodes, start_s, rate in rows:
+        print(f"| {nodes} | {nodes} | {start_s:.1f} | {rate:.1f} | {rate / rows[0][2]:.2f}× |")
+    return 0
 
 
 def long_audio(args, model: ModelOptions) -> int:

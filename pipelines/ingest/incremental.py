@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict
 from pathlib import Path
 
 import apache_beam as beam
 
 from ib_vectorizer.options import ModelOptions
-from ib_vectorizer.retry import call_with_retries
 
 from ..schema import PARENT_ID, MediaField
 from .objects import object_uuid
 from .progress import JobCounter
 from .ready import ReadyObject
 from .segments import Source, complete_sources
-from .write import BACKOFF, CollectionDoFn, WeaviateTarget
-
-log = logging.getLogger(__name__)
+from .write import CollectionDoFn, WeaviateTarget
 
 CONTENT_HASH = "content_hash"
 LOOKUP_BATCH = 200  # ids per look-up (and per delete)
@@ -109,7 +105,11 @@ class SkipUnchanged(CollectionDoFn):
         sources = [item for item in batch if isinstance(item, Source)]
         objects = [item for item in batch if not isinstance(item, Source)]
         if sources:
-            complete = complete_sources(self._collection, [s.segment_hash for s in sources])
+            hashes = [s.segment_hash for s in sources]
+            complete = self.call(
+                lambda collection: complete_sources(collection, hashes),
+                what="looking up segments",
+            )
             for source in sources:
                 if source.obj.source_id in complete:
                     self.unchanged.inc()
@@ -127,15 +127,13 @@ class SkipUnchanged(CollectionDoFn):
     def _stored_hashes(self, uuids: list[str]) -> dict[str, str]:
         from weaviate.classes.query import Filter
 
-        def look_up():
-            return self._collection.query.fetch_objects(
+        result = self.call(
+            lambda collection: collection.query.fetch_objects(
                 filters=Filter.by_id().contains_any(uuids),
                 limit=len(uuids),
                 return_properties=[CONTENT_HASH],
-            )
-
-        result = call_with_retries(
-            look_up, retryable=lambda err: True, backoff=BACKOFF, what="looking up hashes", log=log
+            ),
+            what="looking up hashes",
         )
         return {str(o.uuid): o.properties.get(CONTENT_HASH) for o in result.objects}
 
@@ -160,7 +158,7 @@ class _StoredIds(beam.DoFn):
     def process(self, target: WeaviateTarget):
         client = target.connect()
         try:
-            collection = client.collections.get(target.collection)
+            collection = target.collection_of(client)
             names = {p.name for p in collection.config.get().properties}
             shown = [PARENT_ID] if PARENT_ID in names else []
             for obj in collection.iterator(return_properties=shown):
@@ -178,12 +176,11 @@ class _DeleteObjects(CollectionDoFn):
     def process(self, uuids: list[str]):
         from weaviate.classes.query import Filter
 
-        call_with_retries(
-            lambda: self._collection.data.delete_many(where=Filter.by_id().contains_any(uuids)),
-            retryable=lambda err: True,
-            backoff=BACKOFF,
+        self.call(
+            lambda collection: collection.data.delete_many(
+                where=Filter.by_id().contains_any(uuids)
+            ),
             what=f"deleting {len(uuids)} objects",
-            log=log,
         )
         self.deleted.inc(len(uuids))
 

@@ -36,6 +36,7 @@ from ..command import (
     console_logging,
     fail,
 )
+from ..connection import CONSISTENCY_LEVELS, parse_nodes
 from ..schema import (
     EXACT_TEXT,
     SOURCE_ID,
@@ -214,9 +215,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default="id")
     p.add_argument("--modality-columns", default="", help="e.g. image=photo,audio=clip")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--weaviate-url", help="a running Weaviate (default: the local stack)")
+    where.add_argument(
+        "--weaviate-url",
+        help="a running Weaviate (default: the local stack); several nodes of a cluster as "
+        "URL,URL,...: the job moves to the next when one fails",
+    )
     where.add_argument("--data-dir", help="the local stack's data directory")
-    p.add_argument("--grpc-port", type=int, default=50051)
+    p.add_argument(
+        "--grpc-port",
+        default="50051",
+        help="Weaviate's gRPC port, or one per --weaviate-url in the same order (P,P,...)",
+    )
+    p.add_argument(
+        "--replication-factor",
+        type=int,
+        default=None,
+        help="a new collection keeps each shard on this many nodes (Weaviate's default 1)",
+    )
+    p.add_argument(
+        "--consistency-level",
+        choices=CONSISTENCY_LEVELS,
+        default=None,
+        help="replicas that must acknowledge each write and look-up (Weaviate's default QUORUM)",
+    )
     p.add_argument("--weaviate-api-key", default=os.environ.get("WEAVIATE_API_KEY"))
     p.add_argument("--embed", choices=("local", "server", "weaviate"), default="local")
     p.add_argument("--vectorizer-url", help="for --embed server (default: the local stack's)")
@@ -354,10 +375,13 @@ def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
             "(a server and Weaviate embed whole files)"
         )
     model = from_sources(ModelOptions, args)
+    if args.replication_factor is not None and args.replication_factor < 1:
+        raise CommandError(f"--replication-factor must be 1 or more, not {args.replication_factor}")
     if args.weaviate_url:
         if args.embed == "server" and not args.vectorizer_url:
             raise CommandError("--embed server with --weaviate-url needs --vectorizer-url")
-        check_weaviate(args.weaviate_url)
+        for url, _ in parse_nodes(args.weaviate_url, args.grpc_port):
+            check_weaviate(url)
     if args.embed == "local" or not args.weaviate_url:  # our model, or the stack's server
         check_checkpoint(model)
     if args.embed == "local":
@@ -397,14 +421,28 @@ def run(
 
     with ExitStack() as resources:
         if args.weaviate_url:
-            url, grpc_port, vectorizer = args.weaviate_url, args.grpc_port, args.vectorizer_url
+            nodes, vectorizer = parse_nodes(args.weaviate_url, args.grpc_port), args.vectorizer_url
         else:
             stack = resources.enter_context(LocalStack(args.data_dir, model))
-            url, grpc_port = stack.endpoints.weaviate_http, stack.endpoints.weaviate_grpc_port
+            nodes = [(node.http, node.grpc_port) for node in stack.endpoints.nodes]
             vectorizer = args.vectorizer_url or stack.endpoints.vectorizer
-        target = WeaviateTarget(url, grpc_port, args.collection, args.weaviate_api_key)
+        (url, grpc_port), *others = nodes
+        target = WeaviateTarget(
+            url,
+            grpc_port,
+            args.collection,
+            args.weaviate_api_key,
+            other_nodes=tuple(others),
+            consistency_level=args.consistency_level,
+        )
         rule = parse_rule(args.segment_seconds, args.segment_overlap)
-        prepare_collection(target, fields, args.store_uri, segmented=rule is not None)
+        prepare_collection(
+            target,
+            fields,
+            args.store_uri,
+            segmented=rule is not None,
+            replication_factor=args.replication_factor,
+        )
         meta = fetch_meta(vectorizer) if vectorizer and args.embed != "local" else None
         config = IngestConfig(
             spec=spec,
@@ -448,7 +486,11 @@ def fetch_meta(vectorizer: str) -> dict | None:
 
 
 def prepare_collection(
-    target: WeaviateTarget, fields, store_uri: bool, segmented: bool = False
+    target: WeaviateTarget,
+    fields,
+    store_uri: bool,
+    segmented: bool = False,
+    replication_factor: int | None = None,
 ) -> None:
     """Create the collection with the multi2vec-bind config unless it exists.
 
@@ -466,7 +508,7 @@ def prepare_collection(
             metadata.update({**uris, **segment_properties()})
         metadata[CONTENT_HASH] = DataType.TEXT
         collection = create_bind_collection(
-            client, target.collection, list(fields), metadata, VECTOR_NAME
+            client, target.collection, list(fields), metadata, VECTOR_NAME, replication_factor
         )
         present = {p.name for p in collection.config.get().properties}
         for name, data_type in metadata.items():

@@ -6,14 +6,22 @@ holds ``batch_size`` objects or 48 MiB, and at the end of every bundle, so no
 write nears weaviate-client's ~100 MB gRPC message cap. An object that alone
 would exceed it is not sent: it goes to the ``failures`` output saying so (and
 that ``--store-uri`` stores it by URI). An object's uuid is
-``generate_uuid5(source_id)``, so writing it again replaces it. Connection
-errors and timeouts are retried with exponential backoff and jitter; an object
-Weaviate rejects goes to the ``failures`` output with Weaviate's message.
+``generate_uuid5(source_id)``, so writing it again replaces it, and a retry
+never duplicates.
+
+A cluster is given as several nodes: when a call fails (a node dying, a
+reset connection, a timeout) the DoFn moves to the next node that answers
+and retries, with exponential backoff and jitter. Objects Weaviate rejects
+one by one (a replica out of reach, a consistency level not met) are written
+again a few times before they go to the ``failures`` output with Weaviate's
+message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +30,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from ib_vectorizer.retry import Backoff, call_with_retries, first_line
 
-from ..connection import connect_weaviate
+from ..connection import Node, connect_first, with_consistency
 from .objects import Failure
 from .progress import JobCounter
 
@@ -33,19 +41,32 @@ FAILURES = "failures"
 MAX_BATCH_BYTES = 48 * 1024 * 1024  # a batch is cut before it grows past this
 MAX_OBJECT_BYTES = 96 * 1024 * 1024  # one object alone may use all but the framing
 BACKOFF = Backoff(attempts=5, base_s=1.0, max_s=30.0)
+# Objects rejected one by one are written again this often, waiting as BACKOFF does.
+OBJECT_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
 class WeaviateTarget:
-    """Where to write: Weaviate's HTTP URL and gRPC port, and the collection."""
+    """Where to write: Weaviate's HTTP URL and gRPC port (more nodes of a cluster after
+    them), the collection, and the consistency level of reads and writes."""
 
     url: str
     grpc_port: int
     collection: str
     api_key: str | None = None
+    other_nodes: tuple[Node, ...] = ()
+    consistency_level: str | None = None  # ONE, QUORUM, ALL; None: Weaviate's (QUORUM)
 
-    def connect(self):
-        return connect_weaviate(self.url, self.grpc_port, self.api_key)
+    @property
+    def nodes(self) -> list[Node]:
+        return [(self.url, self.grpc_port), *self.other_nodes]
+
+    def connect(self, start: int = 0):
+        """A client for the first node that answers, from node ``start`` on."""
+        return connect_first(self.nodes, self.api_key, start)[0]
+
+    def collection_of(self, client):
+        return with_consistency(client.collections.get(self.collection), self.consistency_level)
 
 
 @dataclass
@@ -65,19 +86,53 @@ class WeaviateObject:
 
 
 class CollectionDoFn(beam.DoFn):
-    """A DoFn with its own weaviate-client and the target collection, for its lifetime."""
+    """A DoFn with its own weaviate-client and the target collection, for its lifetime.
+
+    :meth:`call` runs an operation on the collection with retries, moving to
+    the next node of the target after each failure.
+    """
 
     def __init__(self, target: WeaviateTarget) -> None:
         self.target = target
 
     def setup(self) -> None:
-        self._client = self.target.connect()
-        self._collection = self._client.collections.get(self.target.collection)
+        self._client = None
+        self._node = 0
+        self._connect(0)
 
     def teardown(self) -> None:
-        client = getattr(self, "_client", None)
+        self._close()
+
+    def call(self, operation, what: str):
+        """``operation(collection)``, retried with backoff; after a failure, on the next node."""
+        failed = False
+
+        def attempt():
+            nonlocal failed
+            if failed:
+                self._close()
+                self._connect(self._node + 1)
+            failed = True
+            result = operation(self._collection)
+            failed = False
+            return result
+
+        return call_with_retries(
+            attempt, retryable=lambda err: True, backoff=BACKOFF, what=what, log=log
+        )
+
+    def _connect(self, start: int) -> None:
+        nodes = self.target.nodes
+        self._client, self._node = connect_first(nodes, self.target.api_key, start % len(nodes))
+        self._collection = self.target.collection_of(self._client)
+        if len(nodes) > 1:
+            log.info("writing through weaviate %s", nodes[self._node][0])
+
+    def _close(self) -> None:
+        client, self._client = getattr(self, "_client", None), None
         if client is not None:
-            client.close()
+            with contextlib.suppress(Exception):  # a dead node's client may fail to close
+                client.close()
 
 
 class _WriteDoFn(CollectionDoFn):
@@ -126,7 +181,37 @@ class _WriteDoFn(CollectionDoFn):
             )
 
     def _insert(self, batch: list[WeaviateObject]) -> list[tuple[WeaviateObject, str]]:
-        """Write ``batch``; the objects that failed, with why."""
+        """Write ``batch``; the objects that failed, with why.
+
+        Objects Weaviate rejects one by one are sent again (alone, without the
+        written ones) up to ``OBJECT_ATTEMPTS`` times, for the rejections that
+        pass: a replica that was just lost, a consistency level not met yet.
+        """
+        pending, errors = batch, {}
+        for attempt in range(OBJECT_ATTEMPTS):
+            if attempt:
+                time.sleep(BACKOFF.delay(attempt - 1))
+            try:
+                errors = self._insert_once(pending)
+            except Exception as err:
+                reason = f"write failed after {BACKOFF.attempts} tries: {first_line(err)}"
+                return [(o, reason) for o in pending]
+            self.written.inc(len(pending) - len(errors))
+            if not errors:
+                return []
+            log.warning(
+                "%d of %d objects rejected (%s); %s",
+                len(errors),
+                len(pending),
+                next(iter(errors.values())),
+                "writing them again" if attempt + 1 < OBJECT_ATTEMPTS else "giving up",
+            )
+            pending = [pending[i] for i in sorted(errors)]
+            errors = {j: errors[i] for j, i in enumerate(sorted(errors))}
+        return [(obj, errors[i]) for i, obj in enumerate(pending)]
+
+    def _insert_once(self, batch: list[WeaviateObject]) -> dict[int, str]:
+        """One ``insert_many`` (retried on other nodes if the call fails): rejections by index."""
         from weaviate.classes.data import DataObject
 
         objects = [
@@ -137,20 +222,11 @@ class _WriteDoFn(CollectionDoFn):
             )
             for o in batch
         ]
-        try:  # any exception is transient here: a reset connection, a timeout, a busy node
-            result = call_with_retries(
-                lambda: self._collection.data.insert_many(objects),
-                retryable=lambda err: True,
-                backoff=BACKOFF,
-                what=f"writing {len(batch)} objects",
-                log=log,
-            )
-        except Exception as err:
-            reason = f"write failed after {BACKOFF.attempts} tries: {first_line(err)}"
-            return [(o, reason) for o in batch]
-        failed = [(batch[i], error.message) for i, error in result.errors.items()]
-        self.written.inc(len(batch) - len(failed))
-        return failed
+        result = self.call(
+            lambda collection: collection.data.insert_many(objects),
+            what=f"writing {len(batch)} objects",
+        )
+        return {i: error.message for i, error in result.errors.items()}
 
 
 class WriteToWeaviate(beam.PTransform):
