@@ -4,9 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test lint weaviate
+.PHONY: setup test lint weaviate chromium
 
-setup: $(STAMP) weaviate
+setup: $(STAMP) weaviate chromium
+
+# Debian's chromium, which the search page's browser tests drive through Playwright
+# (never a browser Playwright downloads). Instant when it is installed already.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "make setup: chromium is missing; install it as root: apt-get install -y chromium" >&2; exit 1; fi; \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
 
 # The real Weaviate server, where weaviate-client's embedded mode finds it:
 # found (instant), else built with `go install`, else the release download.

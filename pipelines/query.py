@@ -7,7 +7,6 @@ its data directory, queries, and stops it again.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import sys
@@ -16,15 +15,12 @@ from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
-from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions, add_flags, from_sources
 from ib_vectorizer.retry import Backoff, call_with_retries, first_line
 
 from .command import CommandError, CommandParser, check_checkpoint, console_logging, fail
-from .connection import CONSISTENCY_LEVELS, connect_first, parse_nodes, with_consistency
-
-# --near-image, --near-audio, ..., --near-text; a media label is also its NearMediaType member.
-NEAR_KINDS = [m.label for m in Modality if m is not Modality.TEXT] + ["text"]
+from .connection import CONSISTENCY_LEVELS, connect_first, parse_nodes
+from .near import NEAR_KINDS, NoSuchCollection, near, open_collection
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,41 +81,21 @@ def connect(args: argparse.Namespace, resources: ExitStack):
 
 
 def search(client, args: argparse.Namespace) -> list[dict]:
-    from weaviate.classes.config import DataType
-    from weaviate.classes.query import MetadataQuery, NearMediaType
-
-    if not client.collections.exists(args.collection):
-        raise CommandError(f"collection {args.collection!r} does not exist")
-    collection = with_consistency(client.collections.get(args.collection), args.consistency_level)
-    shown = [p.name for p in collection.config.get().properties if p.data_type != DataType.BLOB]
-    options = {
-        "limit": args.limit,
-        "return_metadata": MetadataQuery(distance=True),
-        "return_properties": shown,
-    }
+    try:
+        collection = open_collection(client, args.collection, args.consistency_level)
+    except NoSuchCollection as err:
+        raise CommandError(str(err)) from None
     kind, value = next(
         (k, getattr(args, f"near_{k}"))
         for k in NEAR_KINDS
         if getattr(args, f"near_{k}") is not None
     )
-    if kind == "text":
-        query = partial(collection.query.near_text, query=value, **options)
-    else:
+    if kind != "text":
         try:
-            media = Path(value).read_bytes()
+            value = Path(value).read_bytes()
         except OSError as err:
             raise CommandError(f"cannot read {value}: {err.strerror}") from None
-        query = partial(
-            collection.query.near_media,
-            media=base64.b64encode(media).decode(),
-            media_type=getattr(NearMediaType, kind.upper()),
-            **options,
-        )
-    result = query()
-    return [
-        {"id": str(o.uuid), "distance": o.metadata.distance, "properties": dict(o.properties)}
-        for o in result.objects
-    ]
+    return near(collection, kind, value, limit=args.limit)
 
 
 # A node that has just died is still asked for its shards (and, if it led the Raft

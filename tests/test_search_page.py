@@ -1,0 +1,427 @@
+"""ib-search: the page in a real headless browser (Debian's chromium), and the JSON API behind it.
+
+One collection of every modality is ingested from the fixture files with the
+tiny model; ``ib-search`` runs as its own process (``python -m pipelines.search``)
+against the module's stack. Each browser test finds the object it expects among
+the results by its ``data-source-id``; screenshots go to ``tests/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from .test_ingest import copy_dataset, run_ingest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+COLLECTION = "Gallery"
+URI_COLLECTION = "GalleryUris"
+TEXT = "a dog barking loudly"  # text/note.txt of the dataset
+
+
+class SearchServer:
+    """``python -m pipelines.search ...`` in a child process, its URL read from its first line."""
+
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.search", "--port", "0", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(
+            target=lambda: lines.put(self.process.stdout.readline()), daemon=True
+        ).start()
+        try:
+            first = lines.get(timeout=60)
+        except queue.Empty:
+            first = ""
+        match = re.fullmatch(r"search page: (http://127\.0\.0\.1:\d+/)\n", first)
+        if match is None:
+            self.stop()
+            raise AssertionError(f"ib-search did not start: {first!r} {self.process.stderr.read()}")
+        self.url = match.group(1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return copy_dataset(tmp_path_factory.mktemp("dataset"))
+
+
+@pytest.fixture(scope="module")
+def gallery(stack, dataset, tmp_path_factory):
+    """Every modality ingested twice: media as BLOBs, and with --store-uri."""
+    dead = tmp_path_factory.mktemp("dead")
+    assert run_ingest(stack, dataset, COLLECTION, dead / "blobs.jsonl") == 0
+    assert run_ingest(stack, dataset, URI_COLLECTION, dead / "uris.jsonl", "--store-uri") == 0
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def server(stack, gallery):
+    e = stack.endpoints
+    running = SearchServer(
+        "--collection",
+        COLLECTION,
+        "--weaviate-url",
+        e.weaviate_http,
+        "--grpc-port",
+        str(e.weaviate_grpc_port),
+    )
+    yield running.url
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    yield opened
+    SCREENSHOTS.mkdir(exist_ok=True)
+    opened.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def results(page: Page):
+    return page.locator("#results > li.result")
+
+
+def first_source_id(page: Page) -> str:
+    first = results(page).first
+    expect(first).to_be_visible(timeout=30_000)
+    return first.get_attribute("data-source-id")
+
+
+def drop_file(page: Page, path: Path, mime: str) -> None:
+    """A real drop: a DataTransfer holding the file, dispatched as dragover and drop."""
+    page.evaluate(
+        """([name, mime, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: mime }));
+            const zone = document.getElementById("drop-zone");
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true,
+                                                         cancelable: true }));
+            }
+        }""",
+        [path.name, mime, base64.b64encode(path.read_bytes()).decode()],
+    )
+
+
+def press_tab_until(page: Page, selector: str, limit: int = 80) -> None:
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("(s) => document.activeElement.matches(s)", selector):
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+# -- in the browser ------------------------------------------------------------------------------
+
+
+def test_text_query_and_more_like_this_by_keyboard_only(server, page):
+    page.goto(server)
+    expect(page.locator("#collection")).to_have_value(COLLECTION)
+    page.locator("body").focus()
+    press_tab_until(page, "#query")
+    page.keyboard.type(TEXT)
+    page.keyboard.press("Enter")
+    assert first_source_id(page) == "text/note.txt"
+    expect(results(page).first.locator("p.text")).to_have_text(TEXT)
+    assert "text=a+dog+barking+loudly" in page.url  # the query is a link to share
+
+    # The first result's "more like this", reached with Tab, finds that object first.
+    press_tab_until(page, "li.result:first-child .more-like-this")
+    page.keyboard.press("Enter")
+    expect(page.locator("#status")).to_have_text("Results 1–10 for more like text/note.txt")
+    assert first_source_id(page) == "text/note.txt"
+    assert "near_id=" in page.url
+
+
+def test_every_modality_is_shown_in_the_grid(server, page):
+    page.goto(f"{server}?collection={COLLECTION}&text={quote(TEXT)}")
+    expect(results(page)).to_have_count(10, timeout=30_000)
+    grid = page.locator("#results")
+    expect(grid.locator("figure.image img")).to_have_count(2)
+    expect(grid.locator("figure.depth img")).to_have_count(1)
+    expect(grid.locator("figure.thermal img")).to_have_count(1)
+    expect(grid.locator("figure.audio audio")).to_have_count(2)
+    expect(grid.locator("figure.video video")).to_have_count(1)
+    expect(grid.locator("figure.imu canvas")).to_have_count(2)
+    # Every thumbnail loaded: the stored bytes were served and decoded by the browser.
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('#results img')]
+                 .every((img) => img.complete && img.naturalWidth > 0)""",
+        timeout=30_000,
+    )
+    # The IMU plots drew their channels (some pixel is not blank).
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('#results canvas')].every((canvas) =>
+                 canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height)
+                   .data.some((value) => value !== 0))""",
+        timeout=30_000,
+    )
+    for item in results(page).all():
+        assert re.fullmatch(r"[0-9a-f-]{36}", item.get_attribute("data-id"))
+        assert item.get_attribute("data-source-id")
+    expect(results(page).first.locator(".distance")).to_have_text("distance 0.0000")
+    page.screenshot(path=str(SCREENSHOTS_DIR() / "results-grid.png"))
+
+
+def SCREENSHOTS_DIR() -> Path:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    return SCREENSHOTS
+
+
+def test_a_chosen_image_file_finds_that_image(server, page, gallery):
+    page.goto(server)
+    page.set_input_files("#file", str(gallery / "photos/logo.png"))
+    assert first_source_id(page) == "photos/logo.png"
+    expect(page.locator("#status")).to_contain_text("logo.png (detected)")
+
+
+def test_a_dropped_image_finds_that_image(server, page, gallery):
+    page.goto(server)
+    expect(page.locator("#collection")).to_have_value(COLLECTION)
+    drop_file(page, gallery / "image/cat.jpg", "image/jpeg")
+    assert first_source_id(page) == "image/cat.jpg"
+    image = results(page).first.locator("img")
+    expect(image).to_have_attribute("alt", "image of image/cat.jpg")
+
+
+def test_a_dropped_audio_file_finds_that_recording_and_plays_it(server, page, gallery):
+    page.goto(server)
+    expect(page.locator("#collection")).to_have_value(COLLECTION)
+    drop_file(page, gallery / "audio/tone.wav", "audio/wav")
+    assert first_source_id(page) == "audio/tone.wav"
+    player = results(page).first.locator("audio")
+    expect(player).to_have_count(1)
+    # The player read the stored WAV's header: a real duration.
+    duration = player.evaluate(
+        """(audio) => new Promise((resolve) => {
+            if (audio.readyState >= 1) resolve(audio.duration);
+            audio.addEventListener('loadedmetadata', () => resolve(audio.duration));
+            audio.addEventListener('error', () => resolve(-1));
+            audio.load();
+        })"""
+    )
+    assert duration > 0
+
+
+def test_more_like_this_on_an_image_result(server, page, gallery):
+    page.goto(f"{server}?collection={COLLECTION}&text={quote('a photo of a cat')}")
+    cat = page.locator('li.result[data-source-id="image/cat.jpg"]')
+    expect(cat).to_have_count(1, timeout=30_000)
+    cat.locator(".more-like-this").click()
+    expect(page.locator("#status")).to_have_text("Results 1–10 for more like image/cat.jpg")
+    assert first_source_id(page) == "image/cat.jpg"
+    expect(results(page).first.locator(".distance")).to_have_text("distance 0.0000")
+
+
+def test_a_deep_link_shows_its_results(server, page):
+    page.goto(f"{server}?collection={COLLECTION}&text={quote(TEXT)}")
+    assert first_source_id(page) == "text/note.txt"
+    expect(page.locator("#query")).to_have_value(TEXT)
+    expect(page.locator("#error")).to_be_hidden()
+
+
+def test_a_deep_link_to_another_collection_with_stored_uris(server, page):
+    page.goto(f"{server}?collection={URI_COLLECTION}&text={quote(TEXT)}&modality=audio")
+    expect(results(page)).to_have_count(2, timeout=30_000)
+    assert {item.get_attribute("data-source-id") for item in results(page).all()} == {
+        "audio/tone.wav",
+        "sounds/chirp.wav",
+    }
+    expect(page.locator("#collection")).to_have_value(URI_COLLECTION)
+
+
+def test_an_unsupported_file_says_so_on_the_page(server, page, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just some words, not a recording\nnor an image\n")
+    page.goto(server)
+    page.set_input_files("#file", str(notes))
+    error = page.locator("#error")
+    expect(error).to_be_visible(timeout=30_000)
+    expect(error).to_contain_text("unsupported file notes.txt")
+    expect(results(page)).to_have_count(0)
+
+
+def test_an_unreachable_weaviate_says_so_on_the_page(browser):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    running = SearchServer(
+        "--collection", "Anything", "--weaviate-url", f"http://127.0.0.1:{dead}", "--grpc-port", "1"
+    )
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{running.url}?collection=Anything&text=rain")
+        error = page.locator("#error")
+        expect(error).to_be_visible(timeout=30_000)
+        expect(error).to_contain_text(f"cannot reach Weaviate at http://127.0.0.1:{dead}")
+        context.close()
+        status, body = call(running.url + "api/search", {"collection": "Anything", "text": "x"})
+        assert status == 503
+        assert "cannot reach Weaviate" in body["error"]
+    finally:
+        running.stop()
+
+
+# -- the JSON API --------------------------------------------------------------------------------
+
+
+def call(url: str, body: dict | bytes | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes | type(None)) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"collection": "Missing", "text": "x"}, 404, "collection 'Missing' does not exist"),
+        ({"collection": COLLECTION}, 400, "give exactly one query"),
+        ({"text": "x"}, 400, "'collection' is missing"),
+        ({"collection": COLLECTION, "text": "x", "near_id": "y"}, 400, "got text, near_id"),
+        ({"collection": COLLECTION, "near_id": "not-a-uuid"}, 400, "is not an object id"),
+        ({"collection": COLLECTION, "media": "***"}, 400, "not valid base64"),
+        (
+            {
+                "collection": COLLECTION,
+                "media": base64.b64encode(b"plain words").decode(),
+                "filename": "a.txt",
+            },
+            415,
+            "unsupported file a.txt",
+        ),
+        ({"collection": COLLECTION, "text": "x", "limit": 0}, 400, "'limit' must be an integer"),
+        (
+            {"collection": COLLECTION, "text": "x", "filter": {"modality": "smell"}},
+            400,
+            "unknown modality 'smell'",
+        ),
+        (
+            {"collection": COLLECTION, "text": "x", "filter": {"property": "nope", "value": "1"}},
+            400,
+            "no property 'nope'",
+        ),
+        (b"{not json", 400, "not valid JSON"),
+    ],
+)
+def test_bad_requests_answer_4xx_with_an_error(server, body, status, message):
+    answer_status, answer = call(server + "api/search", body)
+    assert answer_status == status
+    assert message in answer["error"]
+
+
+def test_api_errors_elsewhere_are_json_too(server):
+    assert call(server + "api/info")[0] == 400
+    status, answer = call(server + "api/info?collection=Missing")
+    assert (status, answer["error"]) == (404, "collection 'Missing' does not exist")
+    status, answer = call(
+        server + f"api/media/{COLLECTION}/00000000-0000-0000-0000-000000000000/sound"
+    )
+    assert (status, answer["error"]) == (404, "'sound' is not a media field of this collection")
+    status, answer = call(server + "api/nowhere")
+    assert (status, answer["error"]) == (404, "no API at /api/nowhere")
+
+
+def test_search_pages_and_filters(server):
+    query = {"collection": COLLECTION, "text": TEXT, "limit": 4}
+    pages = [call(server + "api/search", {**query, "offset": offset})[1] for offset in (0, 4, 8)]
+    assert [len(p["results"]) for p in pages] == [4, 4, 2]
+    assert [p["more"] for p in pages] == [True, True, False]
+    ids = [hit["source_id"] for p in pages for hit in p["results"]]
+    assert len(set(ids)) == 10
+    _, audio = call(server + "api/search", {**query, "filter": {"modality": "audio"}})
+    assert {hit["source_id"] for hit in audio["results"]} == {"audio/tone.wav", "sounds/chirp.wav"}
+    assert all(hit["media"][0]["content_type"] == "audio/wav" for hit in audio["results"])
+    by_path = {"property": "source_id", "value": "imu/*"}
+    _, imu = call(server + "api/search", {**query, "filter": by_path})
+    assert [hit["source_id"] for hit in imu["results"]] == ["imu/walk.csv"]
+
+
+def test_media_come_from_the_blob_or_the_stored_uri(server, gallery):
+    _, found = call(
+        server + "api/search",
+        {
+            "collection": URI_COLLECTION,
+            "text": "x",
+            "filter": {"property": "source_id", "value": "video/a.mp4"},
+        },
+    )
+    (video,) = found["results"][0]["media"]
+    assert video["uri"] == str(gallery / "video/a.mp4")
+    request = urllib.request.Request(
+        server.rstrip("/") + video["url"], headers={"Range": "bytes=0-99"}
+    )
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 206  # players can seek
+        assert response.read() == (gallery / "video/a.mp4").read_bytes()[:100]
+
+    _, found = call(
+        server + "api/search",
+        {
+            "collection": COLLECTION,
+            "text": "x",
+            "filter": {"property": "source_id", "value": "image/cat.jpg"},
+        },
+    )
+    (image,) = found["results"][0]["media"]
+    with urllib.request.urlopen(server.rstrip("/") + image["url"]) as response:
+        assert response.headers["Content-Type"] == "image/jpeg"
+        assert response.read() == (gallery / "image/cat.jpg").read_bytes()
+
+
+def test_the_page_needs_nothing_from_elsewhere(server):
+    with urllib.request.urlopen(server) as response:
+        html = response.read().decode()
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets == ["/static/style.css", "/static/app.js"]
+    for text in [html] + [
+        urllib.request.urlopen(server + a.lstrip("/")).read().decode() for a in assets
+    ]:
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+        assert "@import" not in text and "@font-face" not in text
