@@ -16,6 +16,8 @@ from typing import NoReturn
 from ib_vectorizer.options import ModelOptions
 from ib_vectorizer.server_process import http_status
 
+from .connection import CONSISTENCY_LEVELS
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 OUR_LOGGERS = ("ib_ingest", "ib_vectorizer", "pipelines")
 
@@ -29,6 +31,30 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(1, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def add_weaviate_flags(parser, consistency_help: str, url_group=None) -> None:
+    """``--weaviate-url`` (in ``url_group`` if given), ``--grpc-port``, ``--consistency-level``.
+
+    Several nodes of a cluster are ``URL,URL,...`` with one gRPC port for all
+    or one per URL; :func:`pipelines.connection.parse_nodes` reads them.
+    """
+    (url_group or parser).add_argument(
+        "--weaviate-url",
+        help="a running Weaviate (default: the local stack); several nodes of a cluster as "
+        "URL,URL,...: the first that answers, the next when one fails",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        default="50051",
+        help="Weaviate's gRPC port, or one per --weaviate-url in the same order (default 50051)",
+    )
+    parser.add_argument(
+        "--consistency-level",
+        choices=CONSISTENCY_LEVELS,
+        default=None,
+        help=f"{consistency_help} (Weaviate's default: QUORUM)",
+    )
 
 
 class _StderrHandler(logging.StreamHandler):

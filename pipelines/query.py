@@ -18,8 +18,15 @@ from pathlib import Path
 from ib_vectorizer.options import ModelOptions, add_flags, from_sources
 from ib_vectorizer.retry import Backoff, call_with_retries, first_line
 
-from .command import CommandError, CommandParser, check_checkpoint, console_logging, fail
-from .connection import CONSISTENCY_LEVELS, connect_first, parse_nodes
+from .command import (
+    CommandError,
+    CommandParser,
+    add_weaviate_flags,
+    check_checkpoint,
+    console_logging,
+    fail,
+)
+from .connection import connect_first, parse_nodes
 from .near import NEAR_KINDS, NoSuchCollection, near, open_collection
 
 
@@ -33,22 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar = "TEXT" if name == "text" else "FILE"
         near.add_argument(f"--near-{name}", metavar=metavar, help=f"query by {name}")
     parser.add_argument("--limit", type=int, default=10)
-    parser.add_argument(
-        "--weaviate-url",
-        help="a running Weaviate (default: the local stack); URL,URL,... asks the first of "
-        "several cluster nodes that answers",
-    )
-    parser.add_argument(
-        "--grpc-port",
-        default="50051",
-        help="Weaviate's gRPC port, or one per --weaviate-url in the same order (default 50051)",
-    )
-    parser.add_argument(
-        "--consistency-level",
-        choices=CONSISTENCY_LEVELS,
-        default=None,
-        help="replicas that must answer alike: ONE keeps answering while nodes are down "
-        "(Weaviate's default QUORUM)",
+    add_weaviate_flags(
+        parser, "replicas that must answer alike: ONE keeps answering while nodes are down"
     )
     parser.add_argument("--data-dir", help="the local stack's data directory")
     add_flags(parser.add_argument_group("the local stack's model"), ModelOptions)

@@ -31,12 +31,13 @@ from ib_vectorizer.preprocess.segments import SegmentRule
 from ..command import (
     CommandError,
     CommandParser,
+    add_weaviate_flags,
     check_checkpoint,
     check_weaviate,
     console_logging,
     fail,
 )
-from ..connection import CONSISTENCY_LEVELS, parse_nodes
+from ..connection import parse_nodes
 from ..schema import (
     EXACT_TEXT,
     SOURCE_ID,
@@ -215,28 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default="id")
     p.add_argument("--modality-columns", default="", help="e.g. image=photo,audio=clip")
     where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "--weaviate-url",
-        help="a running Weaviate (default: the local stack); several nodes of a cluster as "
-        "URL,URL,...: the job moves to the next when one fails",
-    )
+    add_weaviate_flags(p, "replicas that must acknowledge each write and look-up", url_group=where)
     where.add_argument("--data-dir", help="the local stack's data directory")
-    p.add_argument(
-        "--grpc-port",
-        default="50051",
-        help="Weaviate's gRPC port, or one per --weaviate-url in the same order (P,P,...)",
-    )
     p.add_argument(
         "--replication-factor",
         type=int,
         default=None,
         help="a new collection keeps each shard on this many nodes (Weaviate's default 1)",
-    )
-    p.add_argument(
-        "--consistency-level",
-        choices=CONSISTENCY_LEVELS,
-        default=None,
-        help="replicas that must acknowledge each write and look-up (Weaviate's default QUORUM)",
     )
     p.add_argument("--weaviate-api-key", default=os.environ.get("WEAVIATE_API_KEY"))
     p.add_argument("--embed", choices=("local", "server", "weaviate"), default="local")

@@ -23,8 +23,8 @@ from aiohttp import web
 from ib_vectorizer.options import ModelOptions, add_flags
 from ib_vectorizer.retry import first_line
 
-from ..command import CommandError, CommandParser, console_logging, fail
-from ..connection import CONSISTENCY_LEVELS, parse_nodes
+from ..command import CommandError, CommandParser, add_weaviate_flags, console_logging, fail
+from ..connection import parse_nodes
 from ..query import connect
 from .api import ApiError, SearchService
 
@@ -126,17 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ib-search", description="A search page for a multi2vec-bind collection."
     )
     parser.add_argument("--collection", required=True, help="the collection the page opens on")
-    parser.add_argument(
-        "--weaviate-url",
-        help="a running Weaviate (default: the local stack); URL,URL,... asks the first of "
-        "several cluster nodes that answers",
-    )
-    parser.add_argument(
-        "--grpc-port",
-        default="50051",
-        help="Weaviate's gRPC port, or one per --weaviate-url in the same order (default 50051)",
-    )
-    parser.add_argument("--consistency-level", choices=CONSISTENCY_LEVELS, default=None)
+    add_weaviate_flags(parser, "replicas that must answer alike")
     parser.add_argument("--data-dir", help="the local stack's data directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
