@@ -61,7 +61,7 @@ from ib_vectorizer.preprocess.constants import (
 )
 from ib_vectorizer.preprocess.demux import stream_frames
 from ib_vectorizer.preprocess.fbank import WINDOW_SAMPLES, log_mel_filterbank
-from ib_vectorizer.preprocess.wav import check_wav_not_truncated, read_pcm_wav
+from ib_vectorizer.preprocess.wav import check_wav_not_truncated, read_pcm_wav, samples_to_float
 
 __all__ = [
     "audio_input",
@@ -71,9 +71,6 @@ __all__ = [
     "load_audio",
     "waveform_to_fbank",
 ]
-
-# Full-scale divisors for PyAV's integer sample formats (planar or packed).
-_INT_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
 
 
 # Decoded audio is ~1000x larger than a compressed file of silence; beyond this
@@ -203,12 +200,9 @@ def frame_to_float(frame: av.AudioFrame) -> np.ndarray:
     channels = frame.layout.nb_channels
     if not frame.format.is_planar:  # packed: (1, samples * channels), interleaved
         array = array.reshape(-1, channels).T
-    kind = frame.format.name.rstrip("p")
-    if kind == "u8":
-        return ((array.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
-    if kind in _INT_SCALE:
-        return (array.astype(np.float64) / _INT_SCALE[kind]).astype(np.float32)
-    return np.ascontiguousarray(array, dtype=np.float32)  # flt / dbl
+    if array.dtype.kind == "f":
+        return np.ascontiguousarray(array, dtype=np.float32)  # flt / dbl
+    return samples_to_float(array)  # u8, s16, s32, s64
 
 
 def resample_to_model_rate(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:

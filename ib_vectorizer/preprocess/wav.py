@@ -97,18 +97,28 @@ def _sample_layout(fmt: bytes) -> tuple[int, int, str] | None:
     return channels, rate, dtype
 
 
+def samples_to_float(array: np.ndarray) -> np.ndarray:
+    """Integer or float samples → float32 in [-1, 1], with PyAV's arithmetic.
+
+    Unsigned 8-bit is centred on 128; signed integers are divided by their
+    full range (``s16 / 32768``) in float64; floats are kept. The one rule for
+    FFmpeg's decoded frames and for WAVs read here.
+    """
+    if array.dtype == np.uint8:
+        return ((array.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if array.dtype.kind == "i":
+        full_range = 2.0 ** (8 * array.dtype.itemsize - 1)
+        return (array.astype(np.float64) / full_range).astype(np.float32)
+    return array.astype(np.float32)
+
+
 def _to_float(raw: memoryview, dtype: str, channels: int) -> np.ndarray:
-    """Interleaved samples → float32 (channels, n), with PyAV's arithmetic."""
-    if dtype == "u1":
-        samples = np.frombuffer(raw, np.uint8)
-        values = ((samples.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
-    elif dtype == "<i2":
-        values = (np.frombuffer(raw, "<i2").astype(np.float64) / 2.0**15).astype(np.float32)
-    elif dtype in ("<i3", "<i4"):
-        values = (_int32(raw, dtype).astype(np.float64) / 2.0**31).astype(np.float32)
+    """Interleaved samples → float32 (channels, n)."""
+    if dtype in ("<i3", "<i4"):
+        samples = _int32(raw, dtype)
     else:
-        values = np.frombuffer(raw, dtype).astype(np.float32)
-    return np.ascontiguousarray(values.reshape(-1, channels).T)
+        samples = np.frombuffer(raw, dtype)
+    return np.ascontiguousarray(samples_to_float(samples).reshape(-1, channels).T)
 
 
 def _int32(raw: memoryview, dtype: str) -> np.ndarray:
