@@ -187,7 +187,7 @@ class _WriteDoFn(CollectionDoFn):
         written ones) up to ``OBJECT_ATTEMPTS`` times, for the rejections that
         pass: a replica that was just lost, a consistency level not met yet.
         """
-        pending, errors = batch, {}
+        pending, rejected = batch, []
         for attempt in range(OBJECT_ATTEMPTS):
             if attempt:
                 time.sleep(BACKOFF.delay(attempt - 1))
@@ -197,18 +197,18 @@ class _WriteDoFn(CollectionDoFn):
                 reason = f"write failed after {BACKOFF.attempts} tries: {first_line(err)}"
                 return [(o, reason) for o in pending]
             self.written.inc(len(pending) - len(errors))
-            if not errors:
+            rejected = [(pending[i], message) for i, message in sorted(errors.items())]
+            if not rejected:
                 return []
             log.warning(
                 "%d of %d objects rejected (%s); %s",
-                len(errors),
+                len(rejected),
                 len(pending),
-                next(iter(errors.values())),
+                rejected[0][1],
                 "writing them again" if attempt + 1 < OBJECT_ATTEMPTS else "giving up",
             )
-            pending = [pending[i] for i in sorted(errors)]
-            errors = {j: errors[i] for j, i in enumerate(sorted(errors))}
-        return [(obj, errors[i]) for i, obj in enumerate(pending)]
+            pending = [obj for obj, _ in rejected]
+        return rejected
 
     def _insert_once(self, batch: list[WeaviateObject]) -> dict[int, str]:
         """One ``insert_many`` (retried on other nodes if the call fails): rejections by index."""
