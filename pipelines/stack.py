@@ -149,6 +149,11 @@ class WeaviateNode:
         self.process: subprocess.Popen | None = None
 
     @property
+    def label(self) -> str:
+        """How logs and messages name it: its log file's name (weaviate, weaviate-node2)."""
+        return self.log_path.stem
+
+    @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.http}"
 
@@ -246,7 +251,7 @@ class LocalStack:
         try:
             self.nodes = self._plan_nodes()
             taken = set().union(*(node.ports.all() for node in self.nodes))
-            vectorizer = self._start_vectorizer(self._free_port(taken))
+            vectorizer = self._start_vectorizer(free_port_block(1, taken))
             env = self._weaviate_env(vectorizer)
             for node in self.nodes:
                 node.start(self.weaviate_binary, {**env, **self._node_env(node)})
@@ -285,7 +290,7 @@ class LocalStack:
         """The name of a part that has died since start, if any."""
         for node in self.nodes:
             if node.process is not None and node.process.poll() is not None:
-                return "weaviate" if self.node_count == 1 else f"weaviate {node.name}"
+                return node.label
         if self._vectorizer is not None and self._vectorizer.exit_code() is not None:
             return "vectorizer"
         return None
@@ -311,9 +316,7 @@ class LocalStack:
         pids = {}
         for node in self.nodes:
             if node.running():
-                pids["weaviate" if self.node_count == 1 else f"weaviate {node.name}"] = (
-                    node.process.pid
-                )
+                pids[node.label] = node.process.pid
         if self._vectorizer is not None and self._vectorizer.process is not None:
             pids["vectorizer"] = self._vectorizer.process.pid
         return pids
@@ -322,7 +325,7 @@ class LocalStack:
         return self.data_dir / "logs" / f"{name}.log"
 
     def log_tail(self, name: str, lines: int = 30) -> str:
-        return tail(self.log_path(name.replace(" ", "-")), lines)
+        return tail(self.log_path(name), lines)
 
     # ------------------------------------------------------------------ parts
 
@@ -339,8 +342,7 @@ class LocalStack:
     def _plan_nodes(self) -> list[WeaviateNode]:
         """One node on fresh ports; a cluster on the ports its data directory remembers."""
         if self.node_count == 1:
-            http, grpc, profiling = free_ports(3)
-            ports = NodePorts(http, grpc, profiling, free_port_block(4, {http, grpc, profiling}))
+            ports = fresh_node_ports(set())
             return [
                 WeaviateNode("node1", ports, self.data_dir / "weaviate", self.log_path("weaviate"))
             ]
@@ -363,12 +365,8 @@ class LocalStack:
         else:
             all_ports, taken = [], set()
             for _ in range(self.node_count):
-                http, grpc, profiling = self._free_ports(3, taken)
-                ports = NodePorts(
-                    http, grpc, profiling, free_port_block(4, taken | {http, grpc, profiling})
-                )
-                taken |= ports.all()
-                all_ports.append(ports)
+                all_ports.append(fresh_node_ports(taken))
+                taken |= all_ports[-1].all()
             root.mkdir(parents=True, exist_ok=True)
             layout.write_text(
                 json.dumps({"nodes": self.node_count, "ports": [vars(p) for p in all_ports]})
@@ -377,17 +375,6 @@ class LocalStack:
             WeaviateNode(f"node{k}", ports, root / f"node{k}", self.log_path(f"weaviate-node{k}"))
             for k, ports in enumerate(all_ports, start=1)
         ]
-
-    @staticmethod
-    def _free_ports(count: int, taken: set[int]) -> list[int]:
-        for _ in range(50):
-            ports = free_ports(count)
-            if not taken & set(ports):
-                return ports
-        raise StackError(f"found no {count} free ports")
-
-    def _free_port(self, taken: set[int]) -> int:
-        return self._free_ports(1, taken)[0]
 
     def _start_vectorizer(self, port: int) -> str:
         env = {**as_env(self.model), **self.vectorizer_env}
@@ -431,6 +418,16 @@ class LocalStack:
         if node is not self.nodes[0]:
             env["CLUSTER_JOIN"] = f"localhost:{self.nodes[0].ports.gossip}"
         return env
+
+
+def fresh_node_ports(taken: set[int], attempts: int = 50) -> NodePorts:
+    """Ports for one Weaviate node, free now and none of them in ``taken``."""
+    for _ in range(attempts):
+        http, grpc, profiling = free_ports(3)
+        if not taken & {http, grpc, profiling}:
+            gossip = free_port_block(4, taken | {http, grpc, profiling})
+            return NodePorts(http, grpc, profiling, gossip)
+    raise StackError("found no free ports for a Weaviate node")
 
 
 def _port_free(port: int) -> bool:

@@ -383,16 +383,15 @@ def test_search_pages_and_filters(server):
     assert [hit["source_id"] for hit in imu["results"]] == ["imu/walk.csv"]
 
 
+def media_of(server: str, collection: str, source_id: str) -> list[dict]:
+    """The media entries of the object ``source_id``, found through the search API."""
+    only = {"property": "source_id", "value": source_id}
+    _, found = call(server + "api/search", {"collection": collection, "text": "x", "filter": only})
+    return found["results"][0]["media"]
+
+
 def test_media_come_from_the_blob_or_the_stored_uri(server, gallery):
-    _, found = call(
-        server + "api/search",
-        {
-            "collection": URI_COLLECTION,
-            "text": "x",
-            "filter": {"property": "source_id", "value": "video/a.mp4"},
-        },
-    )
-    (video,) = found["results"][0]["media"]
+    (video,) = media_of(server, URI_COLLECTION, "video/a.mp4")
     assert video["uri"] == str(gallery / "video/a.mp4")
     request = urllib.request.Request(
         server.rstrip("/") + video["url"], headers={"Range": "bytes=0-99"}
@@ -401,15 +400,7 @@ def test_media_come_from_the_blob_or_the_stored_uri(server, gallery):
         assert response.status == 206  # players can seek
         assert response.read() == (gallery / "video/a.mp4").read_bytes()[:100]
 
-    _, found = call(
-        server + "api/search",
-        {
-            "collection": COLLECTION,
-            "text": "x",
-            "filter": {"property": "source_id", "value": "image/cat.jpg"},
-        },
-    )
-    (image,) = found["results"][0]["media"]
+    (image,) = media_of(server, COLLECTION, "image/cat.jpg")
     with urllib.request.urlopen(server.rstrip("/") + image["url"]) as response:
         assert response.headers["Content-Type"] == "image/jpeg"
         assert response.read() == (gallery / "image/cat.jpg").read_bytes()
