@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test lint weaviate chromium
+.PHONY: setup test docker-test lint weaviate chromium
 
 setup: $(STAMP) weaviate chromium
 
@@ -32,6 +32,13 @@ $(STAMP): pyproject.toml
 
 test:
 	$(BIN)/python -m pytest -q
+
+# The image and the compose stack built and run for real (tests/containers). Provisions
+# first, once: Docker Engine and debootstrap (apt), Compose v2 (built with Go), a local
+# Python base image and Weaviate's image (no registry is needed), then builds the image.
+docker-test: setup
+	$(BIN)/python -m tests.containers.provision
+	$(BIN)/python -m pytest -q tests/containers
 
 lint:
 	$(BIN)/ruff check ib_vectorizer pipelines tests

@@ -58,3 +58,8 @@ def client(stack):
     connection = stack.client()
     yield connection
     connection.close()
+
+
+# Built and run with Docker by `make docker-test` (which names the folder); not collected
+# by a plain `pytest` or `make test`.
+collect_ignore = ["containers"]

@@ -1,10 +1,11 @@
-"""Parsing helpers shared by the container tests (docker/, .dockerignore).
+"""Parsing helpers shared by the static container tests (docker/, .dockerignore).
 
-There is no Docker engine in the test environment, so nothing is built. Instead the files
-are parsed here: the Dockerfile into instructions per stage, the compose files as Compose
-reads and merges them, .dockerignore with Docker's matching rules; alongside, the server
-facts they are checked against (its routes, its settings table, the README's table) and a
-fake program that records how it was called.
+`make test` needs no Docker, so these tests build nothing (`make docker-test` builds and
+runs the image and the stack for real: tests/containers/). Instead the files are parsed
+here: the Dockerfile into instructions per stage, the compose files as Compose reads and
+merges them, .dockerignore with Docker's matching rules; alongside, the server facts they
+are checked against (its routes, its settings table, the README's table) and a fake
+program that records how it was called.
 """
 
 from __future__ import annotations

@@ -215,3 +215,10 @@ def test_health_checks_probe_the_real_ready_route():
         assert command[0] == "python"  # the venv's, first on the image's PATH
         commands.append([sys.executable, *command[1:]])
     asyncio.run(_health_checks_follow_readiness(commands))
+
+
+def test_compose_files_run_on_docker_engine_20_10():
+    """No setting Compose refuses on engines before 25 (Debian 12's docker.io is 20.10)."""
+    for compose in (BASE, MERGED_CPU):
+        for name, service in compose["services"].items():
+            assert "start_interval" not in service.get("healthcheck", {}), name

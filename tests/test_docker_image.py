@@ -4,15 +4,17 @@ A multi-stage build whose final stage runs the server as non-root on port 8080, 
 docker/entrypoint.sh; torch pinned as in pyproject and installed from the index the
 VARIANT asks for; a health check on the server's ready route; the weights in a volume
 (baked into it on request); and only ENV the server accepts and the README documents.
-Nothing is built: the file is parsed, its RUN commands are checked by /bin/sh and the
-torch install is run with a fake pip.
+Nothing is built here (tests/containers/ builds and runs it: `make docker-test`): the file
+is parsed, its RUN commands are checked by /bin/sh and the torch install is run with a fake
+pip.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import re
-import shlex
 import subprocess
 import sys
 import tomllib
@@ -20,11 +22,11 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from ib_vectorizer.checkpoints import DEFAULT_WEIGHTS, WEIGHTS
-from ib_vectorizer.cli import build_parser
+from ib_vectorizer.checkpoints import DEFAULT_WEIGHTS, WEIGHTS, ensure_downloaded
 from ib_vectorizer.serving.settings import SETTINGS
 
 from .docker_files import (
+    DOCKERFILE,
     FAKE,
     FINAL_STAGE,
     INSTRUCTIONS,
@@ -45,6 +47,7 @@ from .docker_files import (
     server_routes,
     server_variables,
     shell_of,
+    split_flags,
     stage_names,
 )
 
@@ -65,12 +68,17 @@ def test_dockerfile_parser_joins_continuations_and_drops_comments():
 
 def test_dockerfile_is_multi_stage_with_the_venv_copied_into_a_fresh_base():
     stages = stage_names()
-    assert {"builder", "weights", "runtime"} <= set(stages)
+    assert {"build-base", "torch", "builder", "weights", "runtime"} <= set(stages)
     assert stages["runtime"] == FINAL_STAGE
     froms = {i.stage: i.args.split()[0] for i in INSTRUCTIONS if i.keyword == "FROM"}
     # The venv's python is a symlink into the base image: the final stage must be the same one.
-    assert froms[FINAL_STAGE] == froms[stages["builder"]] == "${PYTHON_IMAGE}"
-    assert ({"from": "builder"}, ["/opt/venv"], "/opt/venv") in copies(FINAL_STAGE)
+    assert froms[FINAL_STAGE] == froms[stages["build-base"]] == "${PYTHON_IMAGE}"
+    assert froms[stages["torch"]] == froms[stages["weights"]] == "build-base"
+    assert froms[stages["builder"]] == "torch"
+    # torch's virtualenv first (its layer is reused while torch is), then the project's.
+    final_copies = copies(FINAL_STAGE)
+    torch_copy = final_copies.index(({"from": "torch"}, ["/opt/torch"], "/opt/torch"))
+    assert final_copies.index(({"from": "builder"}, ["/opt/venv"], "/opt/venv")) > torch_copy
     builder_runs = [
         i.args for i in INSTRUCTIONS if i.keyword == "RUN" and i.stage == stages["builder"]
     ]
@@ -80,6 +88,30 @@ def test_dockerfile_is_multi_stage_with_the_venv_copied_into_a_fresh_base():
     python = re.match(r"python:(\d+)\.(\d+)", arg_defaults()["PYTHON_IMAGE"]).groups()
     required = re.match(r">=(\d+)\.(\d+)", project["requires-python"]).groups()
     assert tuple(map(int, python)) >= tuple(map(int, required))
+
+
+def test_dockerfile_builds_with_and_without_buildkit():
+    """Nothing only BuildKit reads, and no `# syntax=` line (BuildKit would pull a frontend)."""
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    for instruction in INSTRUCTIONS:
+        flags, _ = split_flags(instruction.args)
+        if instruction.keyword == "RUN":
+            assert not flags, f"RUN {flags}: the classic builder has no RUN flags"
+            assert "<<" not in instruction.args, "heredocs need BuildKit"
+        if instruction.keyword in ("COPY", "ADD"):
+            assert set(flags) <= {"from", "chown"}, f"{instruction.keyword} {flags}"
+
+
+def test_extra_ca_certificates_reach_the_build_stages_only():
+    stages = stage_names()
+    declared = {i.stage for i in INSTRUCTIONS if i.keyword == "ARG" and "EXTRA_CA_CERTS" in i.args}
+    assert declared == {stages["build-base"]}
+    (run,) = [i for i in run_commands() if i.stage == stages["build-base"]]
+    assert "EXTRA_CA_CERTS" in run.args and "/etc/pip.conf" in run.args
+    # The final stage starts again from the base image: none of it is there.
+    assert not any("EXTRA_CA_CERTS" in i.args for i in INSTRUCTIONS if i.stage == FINAL_STAGE)
+    assert not any(f.get("from") == "build-base" for f, _, _ in copies(FINAL_STAGE))
 
 
 def test_dockerfile_torch_pins_match_pyproject():
@@ -113,10 +145,17 @@ def test_dockerfile_torch_install_follows_the_variant(tmp_path, build_args, inde
     fake_pip = tmp_path / "pip"
     fake_pip.write_text(FAKE.format(python=sys.executable))
     fake_pip.chmod(0o755)
+    # `python -m venv DIR` makes DIR/bin/pip the fake pip; the venv goes under tmp_path.
+    fake_python = tmp_path / "python"
+    fake_python.write_text(
+        f'#!/bin/sh\n[ "$1 $2" = "-m venv" ] && mkdir -p "$3/bin" && cp {fake_pip} "$3/bin/pip"\n'
+    )
+    fake_python.chmod(0o755)
     log = tmp_path / "calls.jsonl"
     versions = {k: v for k, v in arg_defaults().items() if k.endswith("_VERSION")}
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "FAKE_LOG": str(log), **versions, **build_args}
-    result = subprocess.run(["/bin/sh", "-c", shell_of(run)], env=env, capture_output=True)
+    command = shell_of(run).replace("/opt/torch", str(tmp_path / "torch"))
+    result = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True)
     if index is None:
         assert result.returncode != 0 and not log.exists()  # fails before installing anything
         assert b"VARIANT must be cuda or cpu" in result.stderr
@@ -141,11 +180,12 @@ def test_dockerfile_runs_the_server_as_non_root_on_port_8080():
     assert exec_form(cmd) == ["ib-vectorizer", "serve"]
     (entrypoint,) = final("ENTRYPOINT")
     (program,) = exec_form(entrypoint)
-    # The entrypoint is docker/entrypoint.sh, installed executable into a directory on PATH.
-    installed = [(f, d) for f, s, d in copies(FINAL_STAGE) if s == ["docker/entrypoint.sh"]]
-    assert len(installed) == 1
-    flags, destination = installed[0]
-    assert flags.get("chmod") == "0755"
+    # The entrypoint is docker/entrypoint.sh, made executable in the builder (COPY --chmod
+    # needs BuildKit) and copied from there into a directory on PATH.
+    builder = stage_names()["builder"]
+    (destination,) = [d for _, s, d in copies(builder) if s == ["docker/entrypoint.sh"]]
+    assert any(f"chmod 0755 {destination}" in i.args for i in run_commands() if i.stage == builder)
+    assert ({"from": "builder"}, [destination], destination) in copies(FINAL_STAGE)
     assert PurePosixPath(destination).name == program
     assert str(PurePosixPath(destination).parent) in ("/usr/local/bin", "/usr/bin", "/bin")
 
@@ -185,15 +225,34 @@ def test_weights_live_in_the_volume_and_baking_writes_there():
     # The directory itself belongs to the user too (the entrypoint downloads into it).
     uid, gid = user.split(":")
     assert any(f"install -d -o {uid} -g {gid} {checkpoint.parent}" in i.args for i in final("RUN"))
-    # BAKE_WEIGHTS=1 runs `ib-vectorizer download` and puts the file at IB_CHECKPOINT.
+    # BAKE_WEIGHTS=1 downloads with the project's downloader to IB_CHECKPOINT, in a stage
+    # that holds only the downloader's modules (so a code change does not fetch it again).
     assert arg_defaults()["BAKE_WEIGHTS"] == "0"
     weights_stage = stage_names()["weights"]
     (run,) = [i.args for i in INSTRUCTIONS if i.keyword == "RUN" and i.stage == weights_stage]
-    assert str(checkpoint) in run
-    download = re.search(r"ib-vectorizer (download [^&;]*)", run).group(1)
-    args = build_parser().parse_args(shlex.split(download))  # the real CLI accepts it
-    assert args.run.__name__ == "run_download"
-    assert args.output.name == checkpoint.name
+    code = re.search(r"python -c '([^']*)'", run).group(1)
+    calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)]
+    (call,) = [c for c in calls if getattr(c.func, "id", None) == "ensure_downloaded"]
+    dest = next(k.value.value for k in call.keywords if k.arg == "dest")
+    assert dest == str(checkpoint)
+    assert set(inspect.signature(ensure_downloaded).parameters) >= {k.arg for k in call.keywords}
+    (copied,) = copies(weights_stage)
+    modules = {PurePosixPath(source).stem for source in copied[1]}
+    assert modules == {"checkpoints", "retry"}
+    for module in modules:
+        tree = ast.parse((ROOT / "ib_vectorizer" / f"{module}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.module in modules, f"{module}.py imports .{node.module}"
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                else:
+                    names = [node.module]
+                for name in names:
+                    top = name.split(".")[0]
+                    assert top in sys.stdlib_module_names or top == "tqdm", f"{module}: {name}"
+    assert '"tqdm' in run
 
 
 def test_serve_help_runs_and_names_the_image_variables():

@@ -16,46 +16,7 @@ import pytest
 
 from .fixture_data import FIXTURE, INPUTS
 from .server_process import ServerProcess, http_status
-
-RESPONSE_KEYS = [
-    "textVectors",
-    "imageVectors",
-    "audioVectors",
-    "videoVectors",
-    "imuVectors",
-    "thermalVectors",
-    "depthVectors",
-]
-# request key → (fixture manifest modality, response key)
-WIRE = {
-    "texts": ("text", "textVectors"),
-    "images": ("vision", "imageVectors"),
-    "audio": ("audio", "audioVectors"),
-    "video": ("video", "videoVectors"),
-    "imu": ("imu", "imuVectors"),
-    "thermal": ("thermal", "thermalVectors"),
-    "depth": ("depth", "depthVectors"),
-}
-
-
-def b64(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
-def post(url: str, body: bytes | dict, headers: dict | None = None, timeout: float = 120):
-    """(status, parsed JSON body, headers) of a POST /vectorize."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url + "/vectorize",
-        data=data,
-        method="POST",
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read()), dict(err.headers)
+from .wire import RESPONSE_KEYS, WIRE, b64, fixture_wire_items, post
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +27,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def wire_items(manifest, texts) -> dict[str, list[str]]:
-    items = {"texts": texts}
-    for key, (modality, _) in WIRE.items():
-        if key != "texts":
-            items[key] = [b64(INPUTS / name) for name in manifest[modality]]
-    return items
+    return fixture_wire_items(manifest, texts)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

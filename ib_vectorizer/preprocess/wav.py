@@ -114,10 +114,7 @@ def samples_to_float(array: np.ndarray) -> np.ndarray:
 
 def _to_float(raw: memoryview, dtype: str, channels: int) -> np.ndarray:
     """Interleaved samples → float32 (channels, n)."""
-    if dtype in ("<i3", "<i4"):
-        samples = _int32(raw, dtype)
-    else:
-        samples = np.frombuffer(raw, dtype)
+    samples = _int32(raw, dtype) if dtype in ("<i3", "<i4") else np.frombuffer(raw, dtype)
     return np.ascontiguousarray(samples_to_float(samples).reshape(-1, channels).T)
 
 
