@@ -39,6 +39,14 @@ def texts() -> list[str]:
     return json.loads((INPUTS / "texts.json").read_text())
 
 
+@pytest.fixture(scope="session")
+def wire_items(manifest, texts) -> dict[str, list[str]]:
+    """Every fixture input in its request list of Weaviate's wire format."""
+    from .wire import fixture_wire_items
+
+    return fixture_wire_items(manifest, texts)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """Our inference server (tiny model) plus the real Weaviate, one per test module."""

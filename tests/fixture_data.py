@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+import numpy as np
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imagebind-tiny"
 INPUTS = FIXTURE / "inputs"
@@ -22,3 +26,12 @@ SCALES = {
 
 def fixture_files(manifest: dict, modality: str) -> list[Path]:
     return [INPUTS / name for name in manifest[modality]]
+
+
+def embed_with_cli(modality: str, inputs: list[str], out: Path) -> np.ndarray:
+    """``inputs`` embedded by `ib-vectorizer embed` with the fixture model, in a child process."""
+    command = [sys.executable, "-m", "ib_vectorizer", "embed", "--modality", modality]
+    command += ["--model", str(FIXTURE / "config.json")]
+    command += ["--checkpoint", str(FIXTURE / "state_dict.pt"), "--output", str(out), *inputs]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    return np.load(out)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,20 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from .fixture_data import FIXTURE, INPUTS
+from .fixture_data import INPUTS, embed_with_cli
 from .server_process import ServerProcess, http_status
-from .wire import RESPONSE_KEYS, WIRE, b64, fixture_wire_items, post
+from .wire import RESPONSE_KEYS, WIRE, b64, post
 
 
 @pytest.fixture(scope="module")
 def server():
     with ServerProcess() as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def wire_items(manifest, texts) -> dict[str, list[str]]:
-    return fixture_wire_items(manifest, texts)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -61,32 +54,13 @@ def test_all_modalities_together_in_input_order(server, wire_items):
 
 
 def test_vectors_equal_ib_vectorizer_embed(server, tmp_path, wire_items):
-    out = tmp_path / "audio.npy"
     files = [str(INPUTS / name) for name in ["tone_16k_mono.wav", "chirp_44k_stereo.wav"]]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ib_vectorizer",
-            "embed",
-            "--modality",
-            "audio",
-            "--model",
-            str(FIXTURE / "config.json"),
-            "--checkpoint",
-            str(FIXTURE / "state_dict.pt"),
-            "--output",
-            str(out),
-            *files,
-        ],
-        check=True,
-        capture_output=True,
-    )
+    on_host = embed_with_cli("audio", files, tmp_path / "audio.npy")
     body = post(
         server.url,
         {"audio": [b64(INPUTS / "tone_16k_mono.wav"), b64(INPUTS / "chirp_44k_stereo.wav")]},
     )[1]
-    np.testing.assert_allclose(body["audioVectors"], np.load(out), atol=1e-5)
+    np.testing.assert_allclose(body["audioVectors"], on_host, atol=1e-5)
 
 
 def test_empty_lists_and_empty_object_are_fine(server):

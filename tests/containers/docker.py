@@ -1,29 +1,21 @@
-"""Small helpers over the docker CLI for the container tests: run, inspect, wait, clean up."""
+"""Containers for the tests: run, wait for health, find their ports, clean up.
+
+The docker CLI itself is called through :mod:`.provision` (``docker``, ``inspect``).
+"""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
 
 from ib_vectorizer.server_process import http_status
 
-
-def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args[:3])} ... failed:\n{result.stderr[-3000:]}")
-    return result
+from .provision import docker, inspect
 
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def inspect(kind: str, name: str) -> dict:
-    return json.loads(docker(kind, "inspect", name).stdout)[0]
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s=1.0):

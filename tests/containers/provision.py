@@ -69,12 +69,8 @@ def say(message: str) -> None:
     print(f"docker-test: {message}", flush=True)
 
 
-def run(
-    command: list[str], check: bool = True, env: dict | None = None, **kwargs
-) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs
-    )
+def run(command: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise ProvisionError(
             f"{' '.join(command[:4])} ... exited {result.returncode}:\n"
@@ -96,7 +92,7 @@ def as_root() -> list[str]:
 
 
 def engine_answers() -> bool:
-    return run(["docker", "info", "--format", "{{.ServerVersion}}"], check=False).returncode == 0
+    return docker("info", "--format", "{{.ServerVersion}}", check=False).returncode == 0
 
 
 def ensure_engine(timeout_s: float = 60.0) -> str:
@@ -127,7 +123,7 @@ def ensure_engine(timeout_s: float = 60.0) -> str:
 
 
 def compose_version() -> tuple[int, ...] | None:
-    result = run(["docker", "compose", "version", "--short"], check=False)
+    result = docker("compose", "version", "--short", check=False)
     match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", result.stdout.strip())
     return tuple(map(int, match.groups())) if result.returncode == 0 and match else None
 
@@ -158,21 +154,18 @@ def ensure_compose() -> str:
 # --------------------------------------------------------------------------- 3. base image
 
 
-def image_exists(tag: str) -> bool:
-    return run(["docker", "image", "inspect", tag], check=False).returncode == 0
+def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    return run(["docker", *args], check=check, timeout=timeout)
 
 
-def image_labels(tag: str) -> dict[str, str]:
-    inspected = json.loads(run(["docker", "image", "inspect", tag]).stdout)[0]
-    return inspected["Config"].get("Labels") or {}
-
-
-def image_size(tag: str) -> int:
-    return json.loads(run(["docker", "image", "inspect", tag]).stdout)[0]["Size"]
+def inspect(kind: str, name: str) -> dict | None:
+    """``docker KIND inspect NAME`` (image, container, ...), or None when there is none."""
+    result = docker(kind, "inspect", name, check=False)
+    return json.loads(result.stdout)[0] if result.returncode == 0 else None
 
 
 def ensure_base_image() -> str:
-    if image_exists(BASE_IMAGE):
+    if inspect("image", BASE_IMAGE):
         return "present"
     say(f"making {BASE_IMAGE} with debootstrap ({DEBIAN_SUITE}, about a minute)")
     with tempfile.TemporaryDirectory(prefix="debootstrap-") as scratch:
@@ -212,15 +205,17 @@ def compose_weaviate_image() -> str:
 def ensure_weaviate_image() -> str:
     tag = compose_weaviate_image()
     version = tag.rsplit(":", 1)[1]
-    if image_exists(tag):
-        built_here = LOCAL_LABEL in image_labels(tag)
+    existing = inspect("image", tag)
+    if existing:
+        built_here = LOCAL_LABEL in (existing["Config"].get("Labels") or {})
         return f"{tag} present ({'built here' if built_here else 'not built here'})"
     binary, _ = provision_weaviate_binary(version)
     say(f"building {tag} from {binary}")
     with tempfile.TemporaryDirectory(prefix="weaviate-image-") as context:
         shutil.copy2(binary, Path(context) / "weaviate")
         shutil.copy2(HERE / "weaviate.Dockerfile", Path(context) / "Dockerfile")
-        classic_build(["--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", tag, context])
+        build_args = ["--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", tag, context]
+        classic_build(build_args, log=STATE / "build-weaviate.log")
     return f"{tag} built from the binary"
 
 
@@ -239,14 +234,12 @@ def extra_ca_certs() -> str:
     return "\n".join(f.read_text().strip() for f in files if f.is_file())
 
 
-def classic_build(args: list[str], log: Path | None = None) -> None:
+def classic_build(args: list[str], log: Path) -> None:
     """``docker build`` with the classic builder and the host's network (for the registries)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     command = ["docker", "build", "--network", "host", *args]
-    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
-    if log is None:
-        run(command, env=env)
-        return
     with log.open("w") as out:
+        env = {**os.environ, "DOCKER_BUILDKIT": "0"}
         built = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     if built.returncode != 0:
         raise ProvisionError(f"docker build failed; the end of {log}:\n{log.read_text()[-3000:]}")
@@ -272,8 +265,7 @@ class Build:
 def copy_layer_bytes(tag: str, destination: str) -> int:
     """Size of the image's layer made by ``COPY ... <destination>``."""
     layers = "{{.Size}}\t{{.CreatedBy}}"
-    command = ["docker", "history", "--no-trunc", "--human=false", "--format", layers, tag]
-    history = run(command).stdout
+    history = docker("history", "--no-trunc", "--human=false", "--format", layers, tag).stdout
     for line in history.splitlines():
         size, _, created_by = line.partition("\t")
         if "COPY" in created_by and created_by.rstrip().endswith(f" {destination}"):
@@ -282,7 +274,6 @@ def copy_layer_bytes(tag: str, destination: str) -> int:
 
 
 def build_image(tag: str = IMAGE, variant: str = VARIANT) -> Build:
-    STATE.mkdir(parents=True, exist_ok=True)
     log = STATE / f"build-{variant}.log"
     say(f"building {tag} from docker/Dockerfile (log: {log}; the first build takes minutes)")
     started = time.monotonic()
@@ -304,7 +295,8 @@ def build_image(tag: str = IMAGE, variant: str = VARIANT) -> Build:
     )
     seconds = time.monotonic() - started
     torch_bytes = copy_layer_bytes(tag, "/opt/torch")
-    return Build(tag, seconds, image_size(tag), torch_bytes, copy_layer_bytes(tag, "/opt/venv"))
+    size = inspect("image", tag)["Size"]
+    return Build(tag, seconds, size, torch_bytes, copy_layer_bytes(tag, "/opt/venv"))
 
 
 def provision_all() -> Build:

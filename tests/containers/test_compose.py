@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,10 +19,10 @@ from weaviate.util import generate_uuid5
 from ib_vectorizer.modalities import Modality
 from pipelines.schema import DEFAULT_VECTOR_NAME, MediaField, create_bind_collection
 
-from ..fixture_data import FIXTURE, INPUTS
+from ..fixture_data import FIXTURE, INPUTS, embed_with_cli
 from ..wire import b64
-from .docker import docker, unique_name
-from .provision import ROOT
+from .docker import unique_name
+from .provision import ROOT, docker
 
 COMPOSE_FILES = [
     ROOT / "docker" / "docker-compose.yml",
@@ -108,12 +107,7 @@ def test_insert_and_near_image_go_through_our_container(client, manifest, tmp_pa
     assert photos.batch.failed_objects == []
     assert len(photos) == len(names)
 
-    out = tmp_path / "vision.npy"
-    command = [sys.executable, "-m", "ib_vectorizer", "embed", "--modality", "vision"]
-    command += ["--model", str(FIXTURE / "config.json")]
-    command += ["--checkpoint", str(FIXTURE / "state_dict.pt"), "--output", str(out)]
-    subprocess.run([*command, *(str(INPUTS / n) for n in names)], check=True, timeout=300)
-    on_host = np.load(out)
+    on_host = embed_with_cli("vision", [str(INPUTS / n) for n in names], tmp_path / "vision.npy")
     for name, expected in zip(names, on_host, strict=True):
         stored = photos.query.fetch_object_by_id(generate_uuid5(name), include_vector=True)
         vector = np.array(stored.vector[DEFAULT_VECTOR_NAME])

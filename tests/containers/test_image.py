@@ -7,18 +7,17 @@ to do when it cannot get weights, and drains a request in flight on `docker stop
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from ..fixture_data import FIXTURE, INPUTS
-from ..wire import WIRE, fixture_wire_items, post
+from ..fixture_data import INPUTS, embed_with_cli
+from ..wire import WIRE, post
 from .conftest import FIXTURE_ENV, FIXTURE_MOUNT, env_flags
-from .docker import Container, docker, inspect
+from .docker import Container
+from .provision import docker, inspect
 
 PUBLISH = ("-p", "127.0.0.1::8080")
 
@@ -28,20 +27,6 @@ def server(image):
     with Container(image, *PUBLISH, *FIXTURE_MOUNT, *env_flags(FIXTURE_ENV)) as container:
         container.wait_healthy(timeout_s=300)
         yield container
-
-
-@pytest.fixture(scope="module")
-def wire_items(manifest, texts) -> dict[str, list[str]]:
-    return fixture_wire_items(manifest, texts)
-
-
-def embed_on_host(modality: str, inputs: list[str], out) -> np.ndarray:
-    """The same inputs through `ib-vectorizer embed` of this checkout, outside Docker."""
-    command = [sys.executable, "-m", "ib_vectorizer", "embed", "--modality", modality]
-    command += ["--model", str(FIXTURE / "config.json")]
-    command += ["--checkpoint", str(FIXTURE / "state_dict.pt"), "--output", str(out), *inputs]
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
-    return np.load(out)
 
 
 def test_the_image_runs_the_server_as_uid_10001(image, server):
@@ -69,7 +54,7 @@ def test_vectorize_equals_ib_vectorizer_embed(server, wire_items, manifest, text
     assert status == 200, body
     modality, response_key = WIRE[key]
     inputs = texts if key == "texts" else [str(INPUTS / name) for name in manifest[modality]]
-    expected = embed_on_host(modality, inputs, tmp_path / f"{modality}.npy")
+    expected = embed_with_cli(modality, inputs, tmp_path / f"{modality}.npy")
     vectors = np.array(body[response_key], dtype=np.float32)
     assert vectors.shape == expected.shape
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
