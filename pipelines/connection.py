@@ -6,6 +6,8 @@ import logging
 from collections.abc import Sequence
 from urllib.parse import urlparse
 
+from ib_vectorizer.retry import first_line
+
 log = logging.getLogger(__name__)
 
 CONSISTENCY_LEVELS = ("ONE", "QUORUM", "ALL")
@@ -48,8 +50,9 @@ def connect_first(nodes: Sequence[Node], api_key: str | None = None, start: int 
             return connect_weaviate(url, grpc_port, api_key), index
         except Exception as err:  # refused, timed out, not ready: try the next node
             if step + 1 < len(nodes):
-                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-                log.warning("weaviate at %s does not answer (%s); trying the next", url, reason)
+                log.warning(
+                    "weaviate at %s does not answer (%s); trying the next", url, first_line(err)
+                )
             error = err
     raise error
 
@@ -84,3 +87,20 @@ def with_consistency(collection, level: str | None):
     from weaviate.classes.config import ConsistencyLevel
 
     return collection.with_consistency_level(ConsistencyLevel[level])
+
+
+def node_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` says the Weaviate node is gone (refused, timed out, unavailable),
+    rather than that the request was wrong: the cue to ask again or elsewhere."""
+    from weaviate.exceptions import (
+        WeaviateConnectionError,
+        WeaviateQueryError,
+        WeaviateTimeoutError,
+    )
+
+    if isinstance(err, WeaviateConnectionError | WeaviateTimeoutError):
+        return True
+    if not isinstance(err, WeaviateQueryError):
+        return False
+    message = str(err).lower()
+    return "unavailable" in message or "connect" in message

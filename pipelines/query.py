@@ -26,7 +26,7 @@ from .command import (
     console_logging,
     fail,
 )
-from .connection import connect_first, parse_nodes
+from .connection import connect_first, node_unreachable, parse_nodes
 from .near import NEAR_KINDS, NoSuchCollection, near, open_collection
 
 
@@ -56,7 +56,7 @@ def connect(args: argparse.Namespace, resources: ExitStack):
         try:
             client, _ = connect_first(nodes)
         except Exception as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = first_line(err)
             raise CommandError(f"cannot reach Weaviate at {args.weaviate_url}: {reason}") from None
     else:
         from .stack import LocalStack, StackError
@@ -99,18 +99,11 @@ QUERY_BACKOFF = Backoff(attempts=6, base_s=0.5, max_s=8.0)
 
 def transient(err: Exception) -> bool:
     """Worth asking again: a server-side (5xx) or connection failure, not a bad query."""
-    from weaviate.exceptions import (
-        UnexpectedStatusCodeError,
-        WeaviateConnectionError,
-        WeaviateQueryError,
-        WeaviateTimeoutError,
-    )
+    from weaviate.exceptions import UnexpectedStatusCodeError
 
     if isinstance(err, UnexpectedStatusCodeError):
         return err.status_code >= 500
-    if isinstance(err, WeaviateQueryError):
-        return "unavailable" in str(err).lower() or "connection" in str(err).lower()
-    return isinstance(err, WeaviateConnectionError | WeaviateTimeoutError)
+    return node_unreachable(err)
 
 
 def print_hits(hits: list[dict], as_json: bool) -> None:

@@ -252,9 +252,8 @@ class LocalStack:
             self.nodes = self._plan_nodes()
             taken = set().union(*(node.ports.all() for node in self.nodes))
             vectorizer = self._start_vectorizer(free_port_block(1, taken))
-            env = self._weaviate_env(vectorizer)
             for node in self.nodes:
-                node.start(self.weaviate_binary, {**env, **self._node_env(node)})
+                self._start_node(node, vectorizer)
             for node in self.nodes:  # they start together: Raft waits for all of them
                 node.wait_ready()
         except BaseException:
@@ -281,15 +280,14 @@ class LocalStack:
         """Start node ``number`` again on its ports and data, and wait until it is ready."""
         node = self._node(number)
         node.stop()
-        node.start(self.weaviate_binary, {**self._weaviate_env(self._vectorizer.url),
-                                          **self._node_env(node)})  # fmt: skip
+        self._start_node(node, self._vectorizer.url)
         node.wait_ready()
         self.endpoints = self._endpoints(self._vectorizer.url)
 
     def exited(self) -> str | None:
         """The name of a part that has died since start, if any."""
         for node in self.nodes:
-            if node.process is not None and node.process.poll() is not None:
+            if node.process is not None and not node.running():
                 return node.label
         if self._vectorizer is not None and self._vectorizer.exit_code() is not None:
             return "vectorizer"
@@ -386,6 +384,9 @@ class LocalStack:
         except ServerStartError as err:
             raise StackError(str(err)) from None
         return self._vectorizer.url
+
+    def _start_node(self, node: WeaviateNode, inference: str) -> None:
+        node.start(self.weaviate_binary, {**self._weaviate_env(inference), **self._node_env(node)})
 
     def _weaviate_env(self, inference: str) -> dict[str, str]:
         """What every node shares: the module wired to our server, the embedded mode's settings."""

@@ -20,6 +20,7 @@ import pytest
 
 from ib_vectorizer.bench.payloads import image_payload
 from ib_vectorizer.modalities import Modality
+from pipelines.connection import with_consistency
 
 from .server_process import TINY_ENV
 from .test_ingest import cosine, read_failures, server_vector
@@ -57,12 +58,10 @@ def node_flags(cluster) -> list[str]:
 
 def sources_at_one(cluster, node: int, name: str) -> list[str]:
     """The source ids of a collection's objects, read through ``node`` at consistency ONE."""
-    from weaviate.classes.config import ConsistencyLevel
-
     with cluster.client(node) as client:
         if not client.collections.exists(name):
             return []
-        collection = client.collections.get(name).with_consistency_level(ConsistencyLevel.ONE)
+        collection = with_consistency(client.collections.get(name), "ONE")
         found = collection.query.fetch_objects(limit=TOTAL + 100, return_properties=["source_id"])
         return [o.properties["source_id"] for o in found.objects]
 
@@ -91,7 +90,6 @@ def test_three_nodes_form_one_cluster(cluster):
 
 
 def test_ingest_survives_a_node_killed_halfway_and_the_node_catches_up(cluster, photos, tmp_path):
-    from weaviate.classes.config import ConsistencyLevel
     from weaviate.exceptions import WeaviateQueryError
     from weaviate.util import generate_uuid5
 
@@ -146,8 +144,7 @@ def test_ingest_survives_a_node_killed_halfway_and_the_node_catches_up(cluster, 
     deadline = time.monotonic() + 180
     while True:
         with cluster.client(1) as client:
-            collection = client.collections.get("Replicated")
-            at_all = collection.with_consistency_level(ConsistencyLevel.ALL)
+            at_all = with_consistency(client.collections.get("Replicated"), "ALL")
             found = {
                 str(o.uuid): np.array(o.vector["imagebind"])
                 for o in at_all.query.fetch_objects(limit=TOTAL + 100, include_vector=True).objects

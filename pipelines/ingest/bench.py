@@ -224,10 +224,9 @@ def cluster(args, model: ModelOptions, extra: list[str]) -> int:
     """
     import os
 
-    from weaviate.classes.config import ConsistencyLevel
-
     from ib_vectorizer.bench.report import cpu_model
 
+    from ..connection import with_consistency
     from ..stack import LocalStack
     from .pipeline import main as ingest
 
@@ -253,8 +252,7 @@ def cluster(args, model: ModelOptions, extra: list[str]) -> int:
                     return 1
                 ingest_s = time.perf_counter() - started
                 with stack.client() as client:
-                    collection = client.collections.get("Bench")
-                    at_all = collection.with_consistency_level(ConsistencyLevel.ALL)
+                    at_all = with_consistency(client.collections.get("Bench"), "ALL")
                     found = len(at_all.query.fetch_objects(limit=args.objects + 1).objects)
             if found != args.objects:
                 print(

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlparse
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.retry import first_line
 
+from ..connection import node_unreachable
 from ..near import NoSuchCollection, near, open_collection
 from ..schema import PARENT_ID, SOURCE_ID
 from .detect import content_type, detect_modality
@@ -177,28 +178,25 @@ class SearchService:
 
     def _weaviate(self, call: Callable[[], Any]) -> Any:
         """``call()``, with Weaviate's failures turned into messages for the page."""
-        from weaviate.exceptions import (
-            UnexpectedStatusCodeError,
-            WeaviateConnectionError,
-            WeaviateQueryError,
-            WeaviateTimeoutError,
-        )
+        from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateQueryError
 
         try:
             return call()
         except (ApiError, NoSuchCollection):
             raise
-        except (WeaviateConnectionError, WeaviateTimeoutError) as err:
-            self._forget_client()
-            raise ApiError(503, f"cannot reach {self._where}: {first_line(err)}") from None
-        except WeaviateQueryError as err:
-            message = first_line(err)
-            if "connect" in message.lower() or "unavailable" in message.lower():
+        except Exception as err:
+            if node_unreachable(err):
                 self._forget_client()
-                raise ApiError(503, f"cannot reach {self._where}: {message}") from None
-            raise ApiError(400, f"Weaviate could not run the query: {message}") from None
-        except UnexpectedStatusCodeError as err:
-            raise ApiError(502, f"Weaviate answered {err.status_code}: {first_line(err)}") from None
+                raise ApiError(503, f"cannot reach {self._where}: {first_line(err)}") from None
+            if isinstance(err, WeaviateQueryError):
+                raise ApiError(
+                    400, f"Weaviate could not run the query: {first_line(err)}"
+                ) from None
+            if isinstance(err, UnexpectedStatusCodeError):
+                raise ApiError(
+                    502, f"Weaviate answered {err.status_code}: {first_line(err)}"
+                ) from None
+            raise
 
     def _forget_client(self) -> None:
         with self._lock:
