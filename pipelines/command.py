@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -34,7 +35,8 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def add_weaviate_flags(parser, consistency_help: str, url_group=None) -> None:
-    """``--weaviate-url`` (in ``url_group`` if given), ``--grpc-port``, ``--consistency-level``.
+    """``--weaviate-url`` (in ``url_group`` if given), ``--grpc-port``, ``--consistency-level``,
+    ``--weaviate-api-key``.
 
     Several nodes of a cluster are ``URL,URL,...`` with one gRPC port for all
     or one per URL; :func:`pipelines.connection.parse_nodes` reads them.
@@ -54,6 +56,11 @@ def add_weaviate_flags(parser, consistency_help: str, url_group=None) -> None:
         choices=CONSISTENCY_LEVELS,
         default=None,
         help=f"{consistency_help} (Weaviate's default: QUORUM)",
+    )
+    parser.add_argument(
+        "--weaviate-api-key",
+        default=os.environ.get("WEAVIATE_API_KEY"),
+        help="Weaviate's API key, when it requires one (default: $WEAVIATE_API_KEY)",
     )
 
 

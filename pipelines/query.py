@@ -54,7 +54,7 @@ def connect(args: argparse.Namespace, resources: ExitStack):
     if args.weaviate_url:
         nodes = parse_nodes(args.weaviate_url, args.grpc_port)
         try:
-            client, _ = connect_first(nodes)
+            client, _ = connect_first(nodes, args.weaviate_api_key)
         except Exception as err:
             reason = first_line(err)
             raise CommandError(f"cannot reach Weaviate at {args.weaviate_url}: {reason}") from None

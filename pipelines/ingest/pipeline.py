@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -224,7 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a new collection keeps each shard on this many nodes (Weaviate's default 1)",
     )
-    p.add_argument("--weaviate-api-key", default=os.environ.get("WEAVIATE_API_KEY"))
     p.add_argument("--embed", choices=("local", "server", "weaviate"), default="local")
     p.add_argument("--vectorizer-url", help="for --embed server (default: the local stack's)")
     add_flags(
