@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .logs import LOG_FORMAT, quiet_ffmpeg_logs
 from .modalities import Modality
 from .options import ModelOptions, add_flags, from_sources
 
@@ -28,7 +29,12 @@ def load_embedder(args: argparse.Namespace, normalize: bool):
     from .embedder import Embedder
 
     options = from_sources(ModelOptions, args)
-    return Embedder(options.create(), normalize=normalize, image_decode=options.image_decode)
+    return Embedder(
+        options.create(),
+        normalize=normalize,
+        image_decode=options.image_decode,
+        max_item_bytes=options.max_item_bytes,
+    )
 
 
 def add_embed_parser(commands: argparse._SubParsersAction) -> None:
@@ -59,6 +65,7 @@ def run_embed(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from .embedder import NonFiniteVectors
     from .errors import InputError
 
     modality = Modality(args.modality)
@@ -78,12 +85,16 @@ def run_embed(args: argparse.Namespace) -> int:
                 else [_read(name, modality, start + i) for i, name in enumerate(names)]
             )
             batch = embedder.preprocessor.load_batch(modality, items, first_index=start)
+            try:
+                vectors.append(embedder.embed_tensors(modality, batch).numpy())
+            except NonFiniteVectors as err:
+                row = min(err.reasons)
+                raise InputError(modality.value, start + row, err.reasons[row]) from None
         except InputError as err:
             source = args.inputs[err.index]
             where = f"text {err.index}" if modality is Modality.TEXT else source
             print(f"error: {where}: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        vectors.append(embedder.embed_tensors(modality, batch).numpy())
     result = np.concatenate(vectors).astype(np.float32)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.output, result)
@@ -174,9 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoints import CheckpointError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    quiet_ffmpeg_logs()
     try:
         return args.run(args)
     except (CheckpointError, ValueError) as err:

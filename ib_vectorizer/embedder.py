@@ -8,11 +8,33 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from .errors import InputError
 from .modalities import Modality
 from .model import ImageBind
 from .preprocess import MAX_AUDIO_SECONDS, MAX_VIDEO_SECONDS, Preprocessor
+from .preprocess.limits import MAX_ITEM_BYTES
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class NonFiniteVectors(Exception):
+    """Some rows of a batch have no usable vector: their input overflowed the model's dtype,
+    or the model's output is NaN or infinite. The other rows' vectors are good.
+
+    ``reasons``: row → why; ``vectors``: float32 (B, dim) for the whole batch.
+    """
+
+    def __init__(self, reasons: dict[int, str], vectors: torch.Tensor) -> None:
+        self.reasons = reasons
+        self.vectors = vectors
+        first = min(reasons)
+        super().__init__(f"row {first}: {reasons[first]}")
+
+
+def _rows_not_finite(values: torch.Tensor) -> list[int]:
+    """Rows (along the first axis) holding a NaN or an infinity."""
+    finite = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+    return (~finite).nonzero().flatten().tolist()
 
 
 class Embedder:
@@ -35,12 +57,14 @@ class Embedder:
         max_video_seconds: float | None = MAX_VIDEO_SECONDS,
         max_audio_seconds: float | None = MAX_AUDIO_SECONDS,
         image_decode: str = "exact",
+        max_item_bytes: int = MAX_ITEM_BYTES,
     ) -> None:
         self.preprocessor = Preprocessor.for_model(
             model.config,
             max_video_seconds=max_video_seconds,
             max_audio_seconds=max_audio_seconds,
             image_decode=image_decode,
+            max_item_bytes=max_item_bytes,
         )
         self.model = model
         self.normalize = normalize
@@ -55,14 +79,30 @@ class Embedder:
 
     @torch.inference_mode()
     def embed_tensors(self, modality: Modality | str, batch: torch.Tensor) -> torch.Tensor:
-        """A stacked batch of model inputs → float32 (B, dim) on the CPU."""
+        """A stacked batch of model inputs → float32 (B, dim) on the CPU.
+
+        Every vector is finite: rows whose input is not finite in the model's
+        dtype (an IMU value of 1e30 is infinite in float16), or whose output is
+        NaN or infinite, raise :class:`NonFiniteVectors` naming them, with the
+        other rows' vectors.
+        """
         modality = Modality(modality)
         batch = batch.to(self.device, non_blocking=True)
+        reasons: dict[int, str] = {}
         if batch.is_floating_point():
             batch = batch.to(self.dtype)
+            for row in _rows_not_finite(batch):
+                reasons[row] = f"its values overflow the model's {str(self.dtype)[6:]}"
         with self._autocast():
             out = self.model.embed(modality.encoder, batch, normalize=self.normalize)
-        return out.float().cpu()
+        vectors = out.float().cpu()
+        for row in _rows_not_finite(vectors):
+            reasons.setdefault(
+                row, "the model's vector for it is not finite (its values are out of range)"
+            )
+        if reasons:
+            raise NonFiniteVectors(reasons, vectors)
+        return vectors
 
     def example_batch(self, modality: Modality | str, batch: int = 1) -> torch.Tensor:
         """Zeros shaped like ``batch`` preprocessed items, for warming up kernels."""
@@ -89,5 +129,9 @@ class Embedder:
             batch = self.preprocessor.load_batch(
                 modality, items[start : start + size], first_index=start
             )
-            vectors.append(self.embed_tensors(modality, batch).numpy())
+            try:
+                vectors.append(self.embed_tensors(modality, batch).numpy())
+            except NonFiniteVectors as err:
+                row = min(err.reasons)
+                raise InputError(modality.value, start + row, err.reasons[row]) from None
         return np.concatenate(vectors)

@@ -15,6 +15,10 @@ class MediaTooLong(MediaError):
     """An audio or video item is longer than the length decoded whole."""
 
 
+class DeadlinePassed(Exception):
+    """Decoding stopped because the item's request stopped waiting for it (not the item's fault)."""
+
+
 class InputError(ValueError):
     """Item ``index`` of ``modality`` is unusable, for ``reason``.
 
@@ -34,3 +38,17 @@ class InputError(ValueError):
 
     def __reduce__(self):  # so it crosses process boundaries with its fields
         return type(self), (self.modality, self.index, self.reason, self.cause)
+
+
+def unexpected_failure(err: BaseException, doing: str) -> str:
+    """One sentence for an error no rule foresaw, for a dead letter or a log line.
+
+    ``unexpected_failure(MemoryError(), "decoding it")`` reads "decoding it ran
+    out of memory"; anything else "decoding it failed unexpectedly (KeyError:
+    'x')", with the first line of the message only.
+    """
+    if isinstance(err, MemoryError):
+        return f"{doing} ran out of memory"
+    lines = str(err).strip().splitlines()
+    detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return f"{doing} failed unexpectedly ({detail})"

@@ -246,12 +246,24 @@ class ModelOptions:
         "processes that decode audio and video off the GIL (0: in the decoding threads)",
     )
 
+    max_item_mb: int = option(
+        1024,
+        "IB_MAX_ITEM_MB",
+        "most memory one item's decoding may take, judged from its header; beyond it refused",
+    )
+
     def __post_init__(self) -> None:
         check_choices(self)
         if self.decode_processes < 0:
             raise ValueError(f"IB_DECODE_PROCESSES must be 0 or more, not {self.decode_processes}")
+        if self.max_item_mb < 1:
+            raise ValueError(f"IB_MAX_ITEM_MB must be at least 1, not {self.max_item_mb}")
         if self.quantize == "int8" and self.dtype not in (None, "float32"):
             raise ValueError(f"IB_QUANTIZE=int8 computes in float32, not IB_DTYPE={self.dtype}")
+
+    @property
+    def max_item_bytes(self) -> int:
+        return self.max_item_mb << 20
 
     def config(self) -> ImageBindConfig:
         """The architecture (cheap: reads a JSON file, builds nothing)."""

@@ -14,12 +14,12 @@ import os
 import sys
 from typing import NoReturn
 
+from ib_vectorizer.logs import LOG_FORMAT, quiet_ffmpeg_logs
 from ib_vectorizer.options import ModelOptions
 from ib_vectorizer.server_process import http_status
 
 from .connection import CONSISTENCY_LEVELS
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 OUR_LOGGERS = ("ib_ingest", "ib_vectorizer", "pipelines")
 
 
@@ -94,6 +94,7 @@ def console_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(formatter)
     for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    quiet_ffmpeg_logs()
 
 
 def check_checkpoint(model: ModelOptions) -> None:

@@ -7,7 +7,9 @@ Everything is encoded with PyAV (or the standard library's ``wave``) into
 from __future__ import annotations
 
 import io
+import itertools
 import wave
+from collections.abc import Iterable
 
 import av
 import numpy as np
@@ -103,16 +105,23 @@ VIDEO_CODECS = {
 }
 
 
-def encode_video(frames: list[np.ndarray], fps: int, kind: str = "mp4") -> bytes:
-    """RGB24 frames encoded at ``fps`` (yuv420p); ``kind`` is a key of VIDEO_CODECS."""
-    codec, options = VIDEO_CODECS[kind]
+def encode_video(
+    frames: Iterable[np.ndarray], fps: int, kind: str = "mp4", options: dict | None = None
+) -> bytes:
+    """RGB24 frames encoded at ``fps`` (yuv420p); ``kind`` is a key of VIDEO_CODECS.
+
+    ``frames`` may be a generator (long or large videos); ``options`` override the codec's.
+    """
+    codec, defaults = VIDEO_CODECS[kind]
     container = kind.split("-")[0]
-    height, width, _ = frames[0].shape
+    frames = iter(frames)
+    first = next(frames)
+    height, width, _ = first.shape
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=fps, options=dict(options))
+        stream = out.add_stream(codec, rate=fps, options={**defaults, **(options or {})})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for index, image in enumerate(frames):
+        for index, image in enumerate(itertools.chain([first], frames)):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = index
             for packet in stream.encode(frame):

@@ -63,6 +63,7 @@ def test_as_env_gives_a_child_the_same_options():
         "IB_QUANTIZE": "none",
         "IB_IMAGE_DECODE": "exact",
         "IB_DECODE_PROCESSES": "0",
+        "IB_MAX_ITEM_MB": "1024",
     }
     assert from_sources(ModelOptions, None, env) == options
 

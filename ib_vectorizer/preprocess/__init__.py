@@ -19,11 +19,15 @@ takes.
 
 Every module's loader takes the item's bytes (text: a string) and raises
 :class:`~ib_vectorizer.errors.MediaError` with the reason; the preprocessor adds
-the item's position (:class:`~ib_vectorizer.errors.InputError`).
+the item's position (:class:`~ib_vectorizer.errors.InputError`). Before an item
+is decoded, its header is read and what decoding it will cost is estimated
+(:meth:`Preprocessor.inspect`, ``limits.py``): an item over a limit is refused
+unread. Every model input that comes out is finite.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,14 +36,15 @@ import torch
 
 from ..errors import InputError, MediaError
 from ..modalities import Modality
-from .audio import MAX_AUDIO_SECONDS, load_audio
+from .audio import MAX_AUDIO_SECONDS, audio_cost, load_audio
 from .config import IMAGEBIND_HUGE, IMU_CHANNELS, PreprocessConfig
 from .constants import AUDIO_CLIPS, VIDEO_CLIPS, VIDEO_CROPS
-from .grayscale import load_depth, load_thermal
-from .image import load_image, reduce_target
-from .imu import load_imu
-from .text import load_text
-from .video import MAX_VIDEO_SECONDS, load_video
+from .grayscale import load_depth, load_thermal, map_cost
+from .image import image_cost, load_image, reduce_target
+from .imu import imu_cost, load_imu
+from .limits import MAX_ITEM_BYTES, DecodeLimits, ItemCost
+from .text import load_text, text_cost
+from .video import MAX_VIDEO_SECONDS, load_video, video_cost
 
 if TYPE_CHECKING:
     from ..model.config import ImageBindConfig
@@ -52,13 +57,15 @@ class Preprocessor:
     Cheap to build and to pickle (it holds only sizes and limits), so a pipeline
     can ship it to its workers. A video longer than ``max_video_seconds`` is
     refused before it is decoded, an audio file as soon as decoding passes
-    ``max_audio_seconds`` (None: no limit).
+    ``max_audio_seconds`` (None: no limit); any item whose decoding would need
+    more than ``max_item_bytes`` of memory, by its header, is refused unread.
     """
 
     config: PreprocessConfig = IMAGEBIND_HUGE
     max_video_seconds: float | None = MAX_VIDEO_SECONDS
     max_audio_seconds: float | None = MAX_AUDIO_SECONDS
     image_decode: str = "exact"  # or "fast": JPEGs decoded at a reduced scale (see image.py)
+    max_item_bytes: int = MAX_ITEM_BYTES
 
     def __post_init__(self) -> None:
         reduce_target(self.image_decode, self.config.image_size)  # refuses an unknown mode
@@ -71,6 +78,7 @@ class Preprocessor:
         max_video_seconds: float | None = MAX_VIDEO_SECONDS,
         max_audio_seconds: float | None = MAX_AUDIO_SECONDS,
         image_decode: str = "exact",
+        max_item_bytes: int = MAX_ITEM_BYTES,
     ) -> Preprocessor:
         """The preprocessor of a model; ValueError names each config field it cannot follow."""
         return cls(
@@ -78,17 +86,45 @@ class Preprocessor:
             max_video_seconds=max_video_seconds,
             max_audio_seconds=max_audio_seconds,
             image_decode=image_decode,
+            max_item_bytes=max_item_bytes,
         )
 
-    def load_item(
-        self, modality: Modality | str, item: bytes | str, index: int = 0
-    ) -> torch.Tensor:
-        """One item → model input, or :class:`InputError` naming ``modality[index]`` and why."""
+    def inspect(self, modality: Modality | str, item: bytes | str, index: int = 0) -> ItemCost:
+        """What decoding one item will cost, from its header; :class:`InputError` when the
+        header breaks a limit or the cost is over ``max_item_bytes``."""
         modality = Modality(modality)
         try:
-            return self._load(modality, item)
+            cost = self._cost(modality, item)
+            cost.check(self.max_item_bytes)
         except MediaError as err:
             raise InputError(modality.value, index, str(err), err) from None
+        return cost
+
+    def load_item(
+        self,
+        modality: Modality | str,
+        item: bytes | str,
+        index: int = 0,
+        deadline: float | None = None,
+        inspected: bool = False,
+    ) -> torch.Tensor:
+        """One item → model input, or :class:`InputError` naming ``modality[index]`` and why.
+
+        The item is inspected first (:meth:`inspect`), unless the caller just
+        did (``inspected``). Past ``deadline`` (``time.monotonic()``), audio and
+        video decoding stop with :class:`~ib_vectorizer.errors.DeadlinePassed`.
+        """
+        modality = Modality(modality)
+        if not inspected:
+            self.inspect(modality, item, index)
+        limits = DecodeLimits(self.max_item_bytes, deadline)
+        try:
+            tensor = self._load(modality, item, limits)
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise MediaError(f"its {modality.value} input is not finite (NaN or infinite)")
+        except MediaError as err:
+            raise InputError(modality.value, index, str(err), err) from None
+        return tensor
 
     def load_batch(
         self, modality: Modality | str, items: Sequence[bytes | str], first_index: int = 0
@@ -119,13 +155,34 @@ class Preprocessor:
             Modality.IMU: (IMU_CHANNELS, c.imu_samples),
         }[Modality(modality)]
 
+    def item_bytes(self, modality: Modality | str) -> int:
+        """What one preprocessed item of ``modality`` takes in memory."""
+        element = 8 if Modality(modality) is Modality.TEXT else 4
+        return element * math.prod(self.item_shape(modality))
+
     def example_batch(self, modality: Modality | str, batch: int = 1) -> torch.Tensor:
         """Zeros shaped like ``batch`` preprocessed items, for warming up kernels."""
         modality = Modality(modality)
         dtype = torch.int64 if modality is Modality.TEXT else torch.float32
         return torch.zeros(batch, *self.item_shape(modality), dtype=dtype)
 
-    def _load(self, modality: Modality, item: bytes | str) -> torch.Tensor:
+    def _cost(self, modality: Modality, item: bytes | str) -> ItemCost:
+        size = self.config.image_size
+        if modality is Modality.VISION:
+            return image_cost(item, size, self.image_decode)
+        if modality is Modality.TEXT:
+            return text_cost(item, self.config.context_length)
+        if modality is Modality.AUDIO:
+            return audio_cost(item, self.max_audio_seconds)
+        if modality is Modality.VIDEO:
+            return video_cost(item, self.max_video_seconds)
+        if modality is Modality.DEPTH:
+            return map_cost(item, "depth", size, self.image_decode)
+        if modality is Modality.THERMAL:
+            return map_cost(item, "thermal", size, self.image_decode)
+        return imu_cost(item)
+
+    def _load(self, modality: Modality, item: bytes | str, limits: DecodeLimits) -> torch.Tensor:
         c = self.config
         if modality is Modality.VISION:
             return load_image(item, c.image_size, self.image_decode)
@@ -133,10 +190,10 @@ class Preprocessor:
             return load_text(item, c.context_length)
         if modality is Modality.AUDIO:
             return load_audio(
-                item, self.max_audio_seconds, c.audio_num_mel_bins, c.audio_target_len
+                item, self.max_audio_seconds, c.audio_num_mel_bins, c.audio_target_len, limits
             )
         if modality is Modality.VIDEO:
-            return load_video(item, self.max_video_seconds, c.image_size, c.video_frames)
+            return load_video(item, self.max_video_seconds, c.image_size, c.video_frames, limits)
         if modality is Modality.DEPTH:
             return load_depth(item, c.image_size, self.image_decode)
         if modality is Modality.THERMAL:

@@ -8,6 +8,10 @@ because the checkpoint was trained on exactly these features:
    [-1, 1], shape (channels, samples). Integer samples are scaled by their full
    range (``s16 / 32768``), as the reference's loader did.
 2. Resample to 16 kHz with ``torchaudio.functional.resample`` (defaults).
+   Only the samples the clips of step 3 cover are resampled, with the same
+   filter and arithmetic (bit for bit the same values, tested): the filter's
+   scratch memory grows with what is resampled, 1.5 GB for 10 minutes of
+   48 kHz stereo.
 3. Three clips of 2 s starting at ``i * max(D - 2, 0) / 3`` seconds (D = the
    decoded duration; the divisor is the clip count, so the clips never reach
    the end of a long file). A clip is the samples
@@ -35,11 +39,23 @@ Where the reference crashes we do something sensible instead:
 - A packet the decoder rejects is skipped and the samples of the others are
   kept; a container that breaks part-way is used up to the break (an error
   only if no sample came out).
+- A sample rate whose exact resampling filter would have more than
+  ``MAX_RESAMPLE_TAPS`` coefficients (no rate recorders use comes near it;
+  16001 Hz would need 256 million, 4 GB and 10 s) is resampled as if it were
+  the nearest rate within 1% whose filter fits: 16001 Hz as 16000 Hz, a
+  change of pitch and tempo of 0.006%. Rates with no such neighbour are refused.
+- Samples that are NaN, infinite or too large for a spectrum (float WAVs can
+  hold any float) are an error, never a NaN vector.
+
+What decoding costs is estimated from the header before it starts
+(:func:`audio_cost`): the decoded samples and the filter; a stream that decodes
+to more than its header promised is stopped at the item's limit.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
@@ -48,7 +64,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 import torch
-import torchaudio.functional as AF
+from torchaudio.functional.functional import _get_sinc_resample_kernel
 
 from ib_vectorizer.errors import MediaError, MediaTooLong
 from ib_vectorizer.preprocess.config import IMAGEBIND_HUGE
@@ -61,9 +77,16 @@ from ib_vectorizer.preprocess.constants import (
 )
 from ib_vectorizer.preprocess.demux import stream_frames
 from ib_vectorizer.preprocess.fbank import WINDOW_SAMPLES, log_mel_filterbank
-from ib_vectorizer.preprocess.wav import check_wav_not_truncated, read_pcm_wav, samples_to_float
+from ib_vectorizer.preprocess.limits import DECODER_SCRATCH, NO_LIMITS, DecodeLimits, ItemCost
+from ib_vectorizer.preprocess.wav import (
+    check_wav_not_truncated,
+    pcm_layout,
+    read_pcm_wav,
+    samples_to_float,
+)
 
 __all__ = [
+    "audio_cost",
     "audio_input",
     "clip_bounds",
     "decode_audio",
@@ -83,9 +106,10 @@ def load_audio(
     max_seconds: float | None = MAX_AUDIO_SECONDS,
     num_mel_bins: int = IMAGEBIND_HUGE.audio_num_mel_bins,
     target_len: int = IMAGEBIND_HUGE.audio_target_len,
+    limits: DecodeLimits = NO_LIMITS,
 ) -> torch.Tensor:
     """Decode ``data`` (WAV, FLAC, MP3, OGG, M4A, ...) to float32 (3, 1, mel bins, target_len)."""
-    waveform, sample_rate = decode_audio(data, max_seconds)
+    waveform, sample_rate = decode_audio(data, max_seconds, limits)
     return audio_input(waveform, sample_rate, num_mel_bins, target_len)
 
 
@@ -97,15 +121,34 @@ def audio_input(
 ) -> torch.Tensor:
     """Decoded samples (channels, samples) at ``sample_rate`` → the model input (steps 2-5).
 
-    Modifies ``waveform`` in place when no resampling is needed (the mean subtraction).
+    Clips that overlap share their samples (a span), so the mean subtraction of
+    one leaks into the next, as in the reference. Modifies ``waveform`` in
+    place when no resampling is needed.
     """
-    waveform = resample_to_model_rate(waveform, sample_rate)
+    source_rate = resampling_rate(sample_rate)
+    length = resampled_length(waveform.shape[1], source_rate)
     clips = []
-    for first, stop in clip_bounds(waveform.shape[1]):
-        clip = waveform[:, first:stop]  # a view: the mean subtraction leaks, as in the reference
-        clip -= clip.mean()
-        clips.append(waveform_to_fbank(clip, num_mel_bins, target_len))
+    for span_first, span_stop, bounds in clip_spans(clip_bounds(length)):
+        samples = resampled_range(waveform, source_rate, span_first, span_stop)
+        for first, stop in bounds:
+            clip = samples[:, first - span_first : stop - span_first]  # a view: leaks, as said
+            clip -= clip.mean()
+            clips.append(waveform_to_fbank(clip, num_mel_bins, target_len))
     return torch.stack(clips)
+
+
+def clip_spans(
+    bounds: list[tuple[int, int]],
+) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """Consecutive overlapping clips merged: ``(first, stop, clips in it)`` per span."""
+    spans: list[tuple[int, int, list[tuple[int, int]]]] = []
+    for first, stop in bounds:
+        if spans and first < spans[-1][1]:
+            span_first, span_stop, inside = spans[-1]
+            spans[-1] = (span_first, max(span_stop, stop), [*inside, (first, stop)])
+        else:
+            spans.append((first, stop, [(first, stop)]))
+    return spans
 
 
 # FFmpeg's default probe reads up to 5 MB, decoding packets to guess stream
@@ -115,7 +158,7 @@ PROBE_OPTIONS = {"probesize": "32768"}
 
 
 def decode_audio(
-    data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS
+    data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS, limits: DecodeLimits = NO_LIMITS
 ) -> tuple[torch.Tensor, int]:
     """All samples of the first audio stream as float32 (channels, samples), and the rate.
 
@@ -127,7 +170,7 @@ def decode_audio(
     check_wav_not_truncated(data)
     pcm = read_pcm_wav(data)
     if pcm is None:
-        return decode_with_ffmpeg(data, max_seconds)
+        return decode_with_ffmpeg(data, max_seconds, limits)
     samples, sample_rate = pcm
     if max_seconds is not None and samples.shape[1] > max_seconds * sample_rate:
         raise MediaTooLong(f"audio is longer than the limit of {max_seconds:g} s")
@@ -137,11 +180,11 @@ def decode_audio(
 
 
 def decode_with_ffmpeg(
-    data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS
+    data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS, limits: DecodeLimits = NO_LIMITS
 ) -> tuple[torch.Tensor, int]:
     """:func:`decode_audio` through PyAV, for any format FFmpeg reads."""
     with open_audio(io.BytesIO(data)) as (container, stream):
-        chunks, sample_rate = _decode_stream(container, stream, max_seconds)
+        chunks, sample_rate = _decode_stream(container, stream, max_seconds, limits)
     if not chunks:
         raise MediaError("audio is empty (0 samples)")
     waveform = np.concatenate(chunks, axis=1)
@@ -160,7 +203,10 @@ def open_audio(source: BinaryIO) -> Iterator[tuple[av.container.InputContainer, 
     with container:
         if not container.streams.audio:
             raise MediaError("no audio stream")
-        yield container, container.streams.audio[0]
+        stream = container.streams.audio[0]
+        if stream.codec_context is None:
+            raise MediaError("audio stream's codec is not one FFmpeg can decode")
+        yield container, stream
 
 
 def float_chunks(container, stream) -> Iterator[tuple[int, np.ndarray]]:
@@ -182,16 +228,62 @@ def float_chunks(container, stream) -> Iterator[tuple[int, np.ndarray]]:
         yield rate, chunk
 
 
-def _decode_stream(container, stream, max_seconds: float | None) -> tuple[list[np.ndarray], int]:
+def _decode_stream(
+    container, stream, max_seconds: float | None, limits: DecodeLimits
+) -> tuple[list[np.ndarray], int]:
     """Decoded chunks (channels, samples) of one stream and their common sample rate."""
     chunks: list[np.ndarray] = []
     sample_rate = samples = 0
     for sample_rate, chunk in float_chunks(container, stream):
+        limits.check_deadline("audio")
         samples += chunk.shape[1]
         if max_seconds is not None and samples > max_seconds * sample_rate:
             raise MediaTooLong(f"audio is longer than the limit of {max_seconds:g} s")
+        limits.check_bytes(samples * chunk.shape[0] * DECODED_BYTES_PER_SAMPLE, "audio")
         chunks.append(chunk)
     return chunks, sample_rate
+
+
+# Through FFmpeg, every decoded sample is held twice at the end (the chunks, then joined).
+DECODED_BYTES_PER_SAMPLE = 2 * 4
+
+
+def audio_cost(data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS) -> ItemCost:
+    """What :func:`load_audio` will take to decode ``data``, from its header.
+
+    MediaTooLong or MediaError when the header already breaks a limit.
+    """
+    if not data:
+        raise MediaError("audio file is empty (0 bytes)")
+    check_wav_not_truncated(data)
+    layout = pcm_layout(data)
+    if layout is not None:
+        rate, channels, seconds = layout.rate, layout.channels, layout.frames / layout.rate
+        widened = 4 if layout.dtype == "<i3" else 0  # 24-bit samples are widened to 32 first
+        decoded = layout.frames * channels * (4 + widened)
+        kind = "PCM WAV"
+    else:
+        with open_audio(io.BytesIO(data)) as (container, stream):
+            context = stream.codec_context
+            rate, channels, kind = context.sample_rate, context.channels, context.name
+            header_seconds = _header_seconds(container, stream)
+        if not rate or not channels:
+            raise MediaError("audio stream does not say its sample rate and channel count")
+        seconds = header_seconds if header_seconds is not None else (max_seconds or 0.0)
+        decoded = math.ceil(seconds * rate) * channels * DECODED_BYTES_PER_SAMPLE
+    if max_seconds is not None and seconds > max_seconds:
+        raise MediaTooLong(f"audio is longer than the limit of {max_seconds:g} s")
+    what = f"{seconds:.1f} s of {rate} Hz {channels}-channel {kind} audio"
+    return ItemCost(decoded + resampling_cost(rate, channels) + DECODER_SCRATCH, what)
+
+
+def _header_seconds(container, stream) -> float | None:
+    """The duration the stream's or the container's header states, if any."""
+    if stream.duration is not None and stream.duration > 0 and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
 
 
 def frame_to_float(frame: av.AudioFrame) -> np.ndarray:
@@ -205,11 +297,108 @@ def frame_to_float(frame: av.AudioFrame) -> np.ndarray:
     return samples_to_float(array)  # u8, s16, s32, s64
 
 
-def resample_to_model_rate(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
-    """Resample (channels, samples) to 16 kHz with torchaudio's default sinc filter."""
-    if sample_rate == AUDIO_SAMPLE_RATE:
-        return waveform
-    return AF.resample(waveform, orig_freq=sample_rate, new_freq=AUDIO_SAMPLE_RATE)
+# torchaudio's sinc filter from a rate to 16 kHz has (16000 / g) × (rate / g + 2·width)
+# coefficients, g = gcd(rate, 16000): 76 thousand for 44100 Hz, 3 million for 47952 Hz,
+# 11 million for 44056 Hz (185 MB while built), 256 million for 16001 Hz.
+MAX_RESAMPLE_TAPS = 12_000_000
+RATE_TOLERANCE = 0.01  # how far a rate may move to get a filter that fits
+_FILTER_ZEROS, _ROLLOFF = 6, 0.99  # torchaudio's defaults, which the reference uses
+_FILTER_BYTES_PER_TAP = 17  # measured: the kernel and the float64 arrays that build it
+
+
+def _filter_shape(rate: int) -> tuple[int, int, int]:
+    """(orig, new, width) of torchaudio's filter from ``rate``: ``new`` phases of
+    ``2·width + orig`` coefficients, stepping ``orig`` input samples per ``new`` outputs."""
+    common = math.gcd(rate, AUDIO_SAMPLE_RATE)
+    orig, new = rate // common, AUDIO_SAMPLE_RATE // common
+    return orig, new, math.ceil(_FILTER_ZEROS * orig / (min(orig, new) * _ROLLOFF))
+
+
+def resample_taps(rate: int) -> int:
+    """The coefficients of torchaudio's default filter from ``rate`` to 16 kHz (0: none)."""
+    if rate == AUDIO_SAMPLE_RATE:
+        return 0
+    orig, new, width = _filter_shape(rate)
+    return new * (2 * width + orig)
+
+
+def resampling_rate(rate: int) -> int:
+    """The rate ``rate`` Hz samples are resampled from: itself, or the nearest whose filter fits.
+
+    MediaError when no rate within 1% has a filter of at most MAX_RESAMPLE_TAPS.
+    """
+    if rate < 1:
+        raise MediaError(f"audio has a sample rate of {rate} Hz")
+    if resample_taps(rate) <= MAX_RESAMPLE_TAPS:
+        return rate
+    for step in range(1, int(rate * RATE_TOLERANCE) + 1):
+        for candidate in (rate - step, rate + step):
+            if resample_taps(candidate) <= MAX_RESAMPLE_TAPS:
+                return candidate
+    raise MediaError(
+        f"audio has a sample rate of {rate} Hz, which no rate within 1% resamples to "
+        f"16 kHz with a filter of at most {MAX_RESAMPLE_TAPS:,} coefficients"
+    )
+
+
+def resampling_cost(rate: int, channels: int) -> int:
+    """The memory :func:`audio_input` takes for ``channels`` at ``rate``: filter and clips."""
+    source = resampling_rate(rate)
+    clip_out = math.ceil(AUDIO_CLIP_SECONDS * AUDIO_SAMPLE_RATE)
+    if source == AUDIO_SAMPLE_RATE:
+        return AUDIO_CLIPS * channels * 4 * clip_out
+    orig, _, width = _filter_shape(source)
+    clip_in = math.ceil(AUDIO_CLIP_SECONDS * source) + 2 * width + 2 * orig
+    # Per clip: its padded input, the filter's output and that output reshaped, in float32.
+    clips = AUDIO_CLIPS * channels * 4 * (clip_in + 2 * clip_out)
+    return resample_taps(source) * _FILTER_BYTES_PER_TAP + clips
+
+
+def resampled_length(length: int, rate: int) -> int:
+    """Samples at 16 kHz of ``length`` samples at ``rate``, as torchaudio counts them."""
+    if rate == AUDIO_SAMPLE_RATE:
+        return length
+    orig, new, _ = _filter_shape(rate)
+    return int(torch.ceil(torch.as_tensor(new * length / orig)).long())
+
+
+def resampled_range(waveform: torch.Tensor, rate: int, first: int, stop: int) -> torch.Tensor:
+    """Samples ``[first, stop)`` (as far as there are) of ``waveform`` (channels, n) resampled
+    from ``rate`` to 16 kHz.
+
+    The values ``torchaudio.functional.resample`` gives at those positions:
+    output sample j comes from filter phase ``j mod new`` applied at input
+    ``(j div new) · orig − width``, so only the input under the range is
+    convolved. At 16 kHz, a view into ``waveform``.
+    """
+    if rate == AUDIO_SAMPLE_RATE:
+        return waveform[:, first:stop]
+    stop = min(stop, resampled_length(waveform.shape[1], rate))
+    if stop <= first:
+        return waveform.new_zeros((waveform.shape[0], 0))
+    common = math.gcd(rate, AUDIO_SAMPLE_RATE)
+    orig, new = rate // common, AUDIO_SAMPLE_RATE // common
+    kernel, width = _get_sinc_resample_kernel(
+        rate,
+        AUDIO_SAMPLE_RATE,
+        common,
+        _FILTER_ZEROS,
+        _ROLLOFF,
+        "sinc_interp_hann",
+        None,
+        waveform.device,
+        waveform.dtype,
+    )
+    first_block, stop_block = first // new, -(-stop // new)
+    low = first_block * orig - width
+    high = (stop_block - 1) * orig - width + kernel.shape[-1]
+    length = waveform.shape[1]
+    piece = waveform[:, max(low, 0) : min(high, length)]
+    piece = torch.nn.functional.pad(piece, (max(-low, 0), max(high - length, 0)))
+    blocks = torch.nn.functional.conv1d(piece[:, None], kernel, stride=orig)
+    samples = blocks.transpose(1, 2).reshape(waveform.shape[0], -1)
+    offset = first_block * new
+    return samples[:, first - offset : stop - offset]
 
 
 def clip_starts(duration: float, clip_seconds: float, clips: int) -> list[Fraction]:
@@ -244,6 +433,11 @@ def waveform_to_fbank(
     missing = target_len - fbank.shape[1]
     if missing > 0:
         fbank = torch.nn.functional.pad(fbank, (0, missing))
+    if not torch.isfinite(fbank).all():
+        raise MediaError(
+            "audio samples are NaN, infinite or too large for a spectrum "
+            "(float samples belong in [-1, 1])"
+        )
     mean = torch.tensor(AUDIO_FBANK_MEAN, dtype=fbank.dtype)
     std = torch.tensor(AUDIO_FBANK_STD, dtype=fbank.dtype)
     return ((fbank - mean) / std).unsqueeze(0)

@@ -26,40 +26,66 @@ from torchvision.transforms import functional as TF
 from ..errors import MediaError
 from .config import IMAGEBIND_HUGE
 from .constants import CLIP_MEAN, CLIP_STD
-from .image import open_image, reduce_target, resize_and_crop
+from .image import open_image, picture_cost, reduce_target, resize_and_crop, stored_bytes_per_pixel
+from .limits import ItemCost
 
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-def _to_uint8_image(values: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+def _to_uint8_image(scaled: np.ndarray) -> Image.Image:
+    """Float32 values on 0–255 → an 8-bit image (rounded half to even, clipped), in place."""
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")
 
 
 def depth_to_disparity_image(depth: np.ndarray) -> Image.Image:
-    """Metric depth (0 = unknown) → 8-bit disparity scaled to its own maximum."""
-    depth = depth.astype(np.float64)
-    valid = np.isfinite(depth) & (depth > 0)
+    """Metric depth (0 = unknown) → 8-bit disparity scaled to its own maximum.
+
+    Float32 throughout and in place: a map of N pixels takes about 5·N bytes
+    beyond its own (float64 took 30·N).
+    """
+    with np.errstate(invalid="ignore"):
+        valid = depth > 0  # NaN compares false: unknown, like 0
+    if depth.dtype.kind == "f":
+        valid &= np.isfinite(depth)
     if not valid.any():
         raise MediaError("16-bit depth map has no valid (positive) depth values")
-    disparity = np.zeros_like(depth)
-    disparity[valid] = 1.0 / depth[valid]
-    return _to_uint8_image(255.0 * disparity / disparity.max())
+    disparity = np.zeros(depth.shape, np.float32)
+    np.divide(1.0, depth, out=disparity, where=valid, dtype=np.float32)
+    disparity *= 255.0 / disparity.max()
+    return _to_uint8_image(disparity)
 
 
 def thermal_counts_image(counts: np.ndarray) -> Image.Image:
     """Raw thermal counts → 8 bits, linearly from the image's minimum to its maximum."""
-    counts = counts.astype(np.float64)
-    if not np.isfinite(counts).all():
+    if counts.dtype.kind == "f" and not np.isfinite(counts).all():
         raise MediaError("16-bit thermal image has non-finite values")
     low, high = counts.min(), counts.max()
-    scaled = np.zeros_like(counts) if high == low else (counts - low) * (255.0 / (high - low))
+    scaled = np.subtract(counts, low, dtype=np.float32)
+    if high > low:
+        scaled *= np.float32(255.0 / (float(high) - float(low)))
     return _to_uint8_image(scaled)
+
+
+def map_cost(
+    data: bytes, what: str, size: int = IMAGEBIND_HUGE.image_size, decode: str = "exact"
+) -> ItemCost:
+    """What decoding a depth or thermal map takes, from its header."""
+
+    def conversion(mode: str) -> int:
+        if mode in _WIDE_MODES:  # the array, float32 values, a mask and the 8-bit result
+            return stored_bytes_per_pixel(mode) + 4 + 1 + 2
+        return 0 if mode == "L" else 1
+
+    return picture_cost(data, size, decode, f"{what} image", conversion)
 
 
 def _load_grayscale(data: bytes, what: str, size: int, decode: str) -> torch.Tensor:
     image = open_image(data, what=f"{what} image", reduce_to=reduce_target(decode, size))
     if image.mode in _WIDE_MODES:
         values = np.asarray(image)
+        del image  # its pixels are in ``values`` now
         image = (
             depth_to_disparity_image(values) if what == "depth" else thermal_counts_image(values)
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 
 import torch
 from PIL import Image
@@ -28,10 +29,49 @@ from ..errors import MediaError
 from ..options import IMAGE_DECODE_MODES
 from .config import IMAGEBIND_HUGE
 from .constants import CLIP_MEAN, CLIP_STD
+from .limits import (
+    DECODER_SCRATCH,
+    MAX_IMAGE_PIXELS,
+    ItemCost,
+    check_picture_shape,
+    resized_shape,
+)
 
-# Pillow's decompression-bomb guard, made an error rather than a warning:
-# nothing legitimate sent for embedding has more pixels than this.
-MAX_IMAGE_PIXELS = 178_956_970
+# Bytes per pixel as Pillow stores a decoded image: one for 1-bit, grey and palette
+# images, two for 16-bit grey, four for everything else (RGB is kept as RGBX).
+_NARROW_MODES = {"1": 1, "L": 1, "P": 1}
+# What decoders hold besides the image, per pixel (measured with Pillow 12): libwebp's
+# RGBA frame and its copy; libjpeg's coefficients of a progressive JPEG (4:4:4 at most).
+_DECODER_BYTES_PER_PIXEL = {"WEBP": 13, "JPEG progressive": 6}
+
+
+def stored_bytes_per_pixel(mode: str) -> int:
+    """What one pixel of a decoded image of ``mode`` takes in Pillow's memory."""
+    if mode.startswith("I;16"):
+        return 2
+    return _NARROW_MODES.get(mode, 4)
+
+
+def read_header(data: bytes, what: str = "image") -> Image.Image:
+    """The image opened lazily (only its header read), its shape within the limits.
+
+    MediaError says why not: empty, not an image, too many pixels, too long.
+    """
+    if not data:
+        raise MediaError(f"{what} file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns past half its bomb limit; the limits are checked below instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise MediaError(f"not a decodable {what} file (unknown format)") from None
+    except Image.DecompressionBombError:
+        raise MediaError(f"{what} has more than {MAX_IMAGE_PIXELS:,} pixels, the limit") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise MediaError(f"not a decodable {what} file ({err})") from None
+    check_picture_shape(image.width, image.height, what, MAX_IMAGE_PIXELS)
+    return image
 
 
 def open_image(data: bytes, what: str = "image", reduce_to: int | None = None) -> Image.Image:
@@ -40,29 +80,48 @@ def open_image(data: bytes, what: str = "image", reduce_to: int | None = None) -
     ``reduce_to``: let a JPEG decode at a reduced scale whose short side is at
     least twice this (the ``fast`` mode); None decodes every pixel.
     """
-    if not data:
-        raise MediaError(f"{what} file is empty (0 bytes)")
+    image = read_header(data, what)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise MediaError(
-                    f"{what} is {image.width}x{image.height} pixels; the limit is "
-                    f"{MAX_IMAGE_PIXELS} pixels"
-                )
-            if reduce_to is not None and image.format == "JPEG":
-                reduce_jpeg_decode(image, 2 * reduce_to)
-            image.load()
-    except MediaError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise MediaError(f"not a decodable {what} file (unknown format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise MediaError(f"{what} is too large to decode: {err}") from None
+        if reduce_to is not None and image.format == "JPEG":
+            reduce_jpeg_decode(image, 2 * reduce_to)
+        image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise MediaError(f"not a decodable {what} file ({err})") from None
     return image
+
+
+def picture_cost(
+    data: bytes,
+    size: int,
+    decode: str,
+    what: str,
+    convert_bytes_per_pixel: Callable[[str], int],
+) -> ItemCost:
+    """What decoding a picture to ``size`` takes, from its header.
+
+    ``convert_bytes_per_pixel(mode)``: what turning a decoded pixel of ``mode``
+    into the loader's input mode adds (0 when no conversion is needed).
+    """
+    image = read_header(data, what)
+    width, height = image.size
+    if reduce_target(decode, size) is not None and image.format == "JPEG":
+        width, height = jpeg_reduced_size(width, height, 2 * size)
+    decoder = image.format or ""
+    if decoder == "JPEG" and image.info.get("progressive"):
+        decoder = "JPEG progressive"
+    per_pixel = (
+        stored_bytes_per_pixel(image.mode)
+        + convert_bytes_per_pixel(image.mode)
+        + _DECODER_BYTES_PER_PIXEL.get(decoder, 0)
+    )
+    resized_width, resized_height = resized_shape(width, height, size)
+    # Pillow resizes horizontally first (every decoded row), then vertically, in RGBX.
+    resizing = 4 * (resized_width * height + resized_width * resized_height)
+    kind = f"{image.format} " if image.format else ""
+    return ItemCost(
+        width * height * per_pixel + resizing + DECODER_SCRATCH,
+        f"a {image.width}x{image.height} {image.mode} {kind}{what}",
+    )
 
 
 def reduce_jpeg_decode(image: Image.Image, min_short_side: int) -> None:
@@ -80,10 +139,32 @@ def reduce_jpeg_decode(image: Image.Image, min_short_side: int) -> None:
     image.draft(image.mode, wanted)
 
 
+def jpeg_reduced_size(width: int, height: int, min_short_side: int) -> tuple[int, int]:
+    """The size :func:`reduce_jpeg_decode` makes libjpeg decode a JPEG of this size at."""
+    scale = 1
+    while scale < 8 and min(width, height) // (2 * scale) >= min_short_side:
+        scale *= 2
+    return -(-width // scale), -(-height // scale)
+
+
 def resize_and_crop(image: Image.Image, size: int = IMAGEBIND_HUGE.image_size) -> Image.Image:
     """Short side to ``size`` (bicubic, antialiased), then the centre ``size``×``size``."""
     image = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC)
     return TF.center_crop(image, size)
+
+
+def image_cost(
+    data: bytes, size: int = IMAGEBIND_HUGE.image_size, decode: str = "exact"
+) -> ItemCost:
+    """What :func:`load_image` will take to decode ``data``, from its header."""
+    return picture_cost(data, size, decode, "image", _to_rgb_bytes_per_pixel)
+
+
+def _to_rgb_bytes_per_pixel(mode: str) -> int:
+    """What ``convert("RGB")`` adds per pixel: the RGB image (and, from 32-bit, an 8-bit one)."""
+    if mode == "RGB":
+        return 0
+    return 5 if mode in ("I", "F") else 4
 
 
 def load_image(

@@ -52,12 +52,22 @@ class DecodingProcesses:
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False, cancel_futures=True)
 
     def load_item(
-        self, preprocessor: Preprocessor, modality: Modality, item: bytes | str, index: int = 0
+        self,
+        preprocessor: Preprocessor,
+        modality: Modality,
+        item: bytes | str,
+        index: int = 0,
+        deadline: float | None = None,
+        inspected: bool = False,
     ) -> torch.Tensor:
-        """``preprocessor.load_item`` — in a process for audio and video, here for the rest."""
+        """``preprocessor.load_item`` — in a process for audio and video, here for the rest.
+
+        ``deadline`` is ``time.monotonic()``'s, which processes on one machine share.
+        """
         if self._pool is None or modality not in OFF_GIL:
-            return preprocessor.load_item(modality, item, index)
-        return self._pool.submit(preprocessor.load_item, modality, item, index).result()
+            return preprocessor.load_item(modality, item, index, deadline, inspected)
+        job = self._pool.submit(preprocessor.load_item, modality, item, index, deadline, inspected)
+        return job.result()
 
     def close(self) -> None:
         if self._pool is not None:

@@ -20,7 +20,8 @@ need: for audio, the samples from the oldest open segment's start (S seconds
 at most, whatever the file's length); for video, a few frames per open clip.
 The file is read through a function that opens it, so a path, a Beam
 ``FileSystems`` handle (gs://, s3://) or bytes in memory all work, and no
-limit on the length applies.
+limit on the length applies; what is held at once (a segment's samples, the
+frames in flight) stays within the item limit given as ``limits``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 from ..errors import MediaError
 from .audio import audio_input, float_chunks, open_audio
 from .config import IMAGEBIND_HUGE
+from .limits import NO_LIMITS, DecodeLimits
 from .video import (
     ClipFrames,
     clip_windows,
@@ -112,6 +114,7 @@ def audio_segments(
     rule: SegmentRule,
     num_mel_bins: int = IMAGEBIND_HUGE.audio_num_mel_bins,
     target_len: int = IMAGEBIND_HUGE.audio_target_len,
+    limits: DecodeLimits = NO_LIMITS,
 ) -> Iterator[Segment]:
     """The segments of an audio file, each as soon as decoding has passed its end."""
     with opener() as handle:
@@ -126,7 +129,7 @@ def audio_segments(
             check_wav_not_truncated(head, size)
         handle.seek(0)
         with open_audio(handle) as (container, stream):
-            yield from _audio_segments(container, stream, rule, num_mel_bins, target_len)
+            yield from _audio_segments(container, stream, rule, num_mel_bins, target_len, limits)
 
 
 class _SampleWindow:
@@ -135,10 +138,12 @@ class _SampleWindow:
     def __init__(self) -> None:
         self.chunks: list[tuple[int, np.ndarray]] = []  # (index of its first sample, samples)
         self.end = 0  # samples decoded so far
+        self.bytes = 0  # held in ``chunks``
 
     def append(self, chunk: np.ndarray) -> None:
         self.chunks.append((self.end, chunk))
         self.end += chunk.shape[1]
+        self.bytes += chunk.nbytes
 
     def slice(self, first: int, stop: int) -> torch.Tensor:
         parts = [
@@ -150,9 +155,12 @@ class _SampleWindow:
 
     def drop_before(self, first: int) -> None:
         self.chunks = [(at, c) for at, c in self.chunks if at + c.shape[1] > first]
+        self.bytes = sum(chunk.nbytes for _, chunk in self.chunks)
 
 
-def _audio_segments(container, stream, rule, num_mel_bins, target_len) -> Iterator[Segment]:
+def _audio_segments(
+    container, stream, rule, num_mel_bins, target_len, limits: DecodeLimits
+) -> Iterator[Segment]:
     window = _SampleWindow()
     rate = 0
     index = 0  # the next segment to emit
@@ -173,6 +181,7 @@ def _audio_segments(container, stream, rule, num_mel_bins, target_len) -> Iterat
     for chunk_rate, chunk in float_chunks(container, stream):
         rate = chunk_rate  # the same for every chunk; sample_at and segment read it
         window.append(chunk)
+        limits.check_bytes(2 * window.bytes, "audio segment")  # and its joined copy
         # A segment whose end lies before the decoded end is complete and not the last.
         while sample_at(rule.start(index) + Fraction(rule.seconds)) < window.end:
             first = sample_at(rule.start(index))
@@ -201,6 +210,7 @@ def video_segments(
     rule: SegmentRule,
     size: int = IMAGEBIND_HUGE.image_size,
     frames_per_clip: int = IMAGEBIND_HUGE.video_frames,
+    limits: DecodeLimits = NO_LIMITS,
 ) -> Iterator[Segment]:
     """The segments of a video, each as soon as decoding has passed its last clip.
 
@@ -213,15 +223,15 @@ def video_segments(
         duration = video_duration(opener, container, stream)
         plans = _segment_windows(rule, duration, stream)
         if frames_per_clip == 2:
-            yield from _video_pass(container, stream, plans, None, size, frames_per_clip)
+            yield from _video_pass(container, stream, plans, None, size, frames_per_clip, limits)
             return
         picks = [
             [clip.picks(frames_per_clip) for clip in clips]
-            for _, clips in _scan(container, stream, plans)
+            for _, clips in _scan(container, stream, plans, limits=limits)
         ]
     with opener() as handle, open_video(handle) as container:
         stream = first_video_stream(container)
-        yield from _video_pass(container, stream, plans, picks, size, frames_per_clip)
+        yield from _video_pass(container, stream, plans, picks, size, frames_per_clip, limits)
 
 
 @dataclass
@@ -256,13 +266,15 @@ def _segment_windows(rule: SegmentRule, duration: float, stream) -> list[_Segmen
     ]
 
 
-def _scan(container, stream, plans, keep=None) -> Iterator[tuple[_SegmentWindows, list]]:
+def _scan(
+    container, stream, plans, keep=None, limits: DecodeLimits = NO_LIMITS
+) -> Iterator[tuple[_SegmentWindows, list]]:
     """Decode once; yield each segment with its ClipFrames as soon as the stream passes it."""
     pending = list(plans)
     open_clips: list[tuple[_SegmentWindows, list[ClipFrames]]] = []
     previous = None
     try:
-        for pts, frame in decoded_frames(container, stream):
+        for pts, frame in decoded_frames(container, stream, limits):
             while pending and pending[0].first_pts <= pts:  # the stream reaches a segment
                 plan = pending.pop(0)
                 picks = keep[plan.index] if keep else [[] for _ in plan.windows]
@@ -294,8 +306,10 @@ def _scan(container, stream, plans, keep=None) -> Iterator[tuple[_SegmentWindows
     yield from open_clips
 
 
-def _video_pass(container, stream, plans, keep, size, frames_per_clip) -> Iterator[Segment]:
-    for plan, clips in _scan(container, stream, plans, keep):
+def _video_pass(
+    container, stream, plans, keep, size, frames_per_clip, limits: DecodeLimits
+) -> Iterator[Segment]:
+    for plan, clips in _scan(container, stream, plans, keep, limits):
         picks = [clip.picks(frames_per_clip) for clip in clips]
         if not all(clip.holds(chosen) for clip, chosen in zip(clips, picks, strict=True)):
             raise MediaError("video decodes differently each time it is read")

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import MediaError
 from .config import IMAGEBIND_HUGE
+from .limits import ItemCost
 
 
 @cache
@@ -37,13 +38,37 @@ MAX_TEXT_CHARS = 2048
 TEXT_CHARS_PER_TOKEN = 26
 # The tokenizer caches every word it has seen; a server would grow without bound.
 MAX_CACHED_WORDS = 100_000
-_WHITESPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\S+")
 _tokenizer_lock = threading.Lock()  # the cache is a plain dict shared by decode threads
 
 
 def max_text_chars(context_length: int) -> int:
     """How much of a (whitespace-collapsed) text can matter for ``context_length`` tokens."""
     return max(MAX_TEXT_CHARS, TEXT_CHARS_PER_TOKEN * context_length)
+
+
+def text_cost(text: str | bytes, context_length: int = IMAGEBIND_HUGE.context_length) -> ItemCost:
+    """What tokenizing takes: a UTF-8 copy of the text (bytes given), the part read, the tokens."""
+    copy = len(text) * 4 if isinstance(text, bytes) else 0
+    return ItemCost(copy + 8 * max_text_chars(context_length) + 8 * context_length, "a text")
+
+
+def collapse_whitespace(text: str, limit: int) -> str:
+    r"""``re.sub(r"\s+", " ", text)[:limit]``, reading no further into ``text`` than it needs."""
+    parts = [" "] if text[:1].isspace() else []
+    size = len(parts)
+    for match in _WORD.finditer(text):
+        if size >= limit:
+            break
+        if size and parts[-1] != " ":
+            parts.append(" ")
+            size += 1
+        parts.append(match.group())
+        size += len(parts[-1])
+    else:
+        if text[-1:].isspace() and parts and parts[-1] != " ":
+            parts.append(" ")
+    return "".join(parts)[:limit]
 
 
 def load_text(text: str, context_length: int = IMAGEBIND_HUGE.context_length) -> torch.Tensor:
@@ -55,7 +80,7 @@ def load_text(text: str, context_length: int = IMAGEBIND_HUGE.context_length) ->
             raise MediaError("text is not valid UTF-8") from None
     if not isinstance(text, str):
         raise MediaError(f"text must be a string, not {type(text).__name__}")
-    text = _WHITESPACE.sub(" ", text)[: max_text_chars(context_length)]
+    text = collapse_whitespace(text, max_text_chars(context_length))
     tokenizer = clip_tokenizer()
     with _tokenizer_lock:
         ids = tokenizer([text], context_length=context_length)[0]

@@ -40,6 +40,11 @@ Where the reference crashes or has no rule we do something sensible instead:
   is used up to the break (an error only if no frame came out).
 - Still images (PNG, JPEG, ...) and cover art in audio files are not videos.
 - Every failure is a :class:`MediaError` with a short reason.
+
+What decoding costs is bounded before it starts (:func:`video_cost`): the
+header's duration, frame size and shape (``limits.py``), and the memory the
+frames in flight take; each decoded frame is checked again, since a stream
+may change its size part-way, and decoding stops at the caller's deadline.
 """
 
 from __future__ import annotations
@@ -67,6 +72,13 @@ from ib_vectorizer.preprocess.constants import (
     VIDEO_CROPS,
 )
 from ib_vectorizer.preprocess.demux import stream_frames
+from ib_vectorizer.preprocess.limits import (
+    DECODER_SCRATCH,
+    NO_LIMITS,
+    DecodeLimits,
+    ItemCost,
+    check_picture_shape,
+)
 
 __all__ = [
     "ClipFrames",
@@ -75,6 +87,7 @@ __all__ = [
     "load_video",
     "short_side_resize",
     "three_crops",
+    "video_cost",
 ]
 
 
@@ -87,32 +100,82 @@ def load_video(
     max_seconds: float | None = MAX_VIDEO_SECONDS,
     size: int = IMAGEBIND_HUGE.image_size,
     frames_per_clip: int = IMAGEBIND_HUGE.video_frames,
+    limits: DecodeLimits = NO_LIMITS,
 ) -> torch.Tensor:
     """Decode ``data`` (MP4, WebM, MOV, ...) to float32 (15, 3, frames_per_clip, size, size).
 
     ``max_seconds`` bounds the work: a longer video (by its header) is refused
-    before any frame is decoded.
+    before any frame is decoded. ``limits``: frames that grow past the memory
+    allowed, or the deadline passing, stop decoding.
     """
     with open_video(data) as container:
         stream = first_video_stream(container)
-        duration = video_duration(data, container, stream)
-        if max_seconds is not None and duration > max_seconds:
-            raise MediaTooLong(
-                f"video is {_seconds(duration)} s long; the limit is {_seconds(max_seconds)} s"
-            )
+        duration = checked_duration(data, container, stream, max_seconds)
         windows = clip_windows(duration, stream.time_base, stream.start_time or 0)
-        clips = decode_clip_frames(container, stream, windows)
+        clips = decode_clip_frames(container, stream, windows, limits=limits)
         picks = [clip.picks(frames_per_clip) for clip in clips]
         if all(clip.holds(chosen) for clip, chosen in zip(clips, picks, strict=True)):
             return frames_to_views(clips, picks, size)
     # Frames between a clip's first and last are picked: decode again, keeping just those.
     with open_video(data) as container:
         stream = first_video_stream(container)
-        clips = decode_clip_frames(container, stream, windows, keep=picks)
+        clips = decode_clip_frames(container, stream, windows, keep=picks, limits=limits)
         return frames_to_views(clips, picks, size)
 
 
-MAX_FRAME_PIXELS = 7680 * 4320  # 8K UHD: bounds the memory a handful of kept frames take
+# 8K UHD: frames beyond it are refused before decoding (and the memory estimate decides
+# whether the frames in flight fit in an item's limit).
+MAX_FRAME_PIXELS = 7680 * 4320
+# Decoder threads per video: each holds a frame, so the memory a video takes does not grow
+# with the machine's cores (FFmpeg's default is one per core).
+DECODE_THREADS = 4
+# Frames a decoder holds besides its threads' (reference frames: 8 for VP9 and AV1, fewer
+# than 16 for H.264 and HEVC at the sizes that cost), and the clips' first and last frames.
+DECODER_FRAMES = 8
+KEPT_FRAMES = 2 * VIDEO_CLIPS
+# Converting one frame: RGB24, then float32 RGB.
+CONVERSION_BYTES_PER_PIXEL = 3 + 12
+
+
+def video_cost(data: bytes, max_seconds: float | None = MAX_VIDEO_SECONDS) -> ItemCost:
+    """What :func:`load_video` will take to decode ``data``, from its headers."""
+    with open_video(data) as container:
+        stream = first_video_stream(container)
+        checked_duration(data, container, stream, max_seconds)
+        context = stream.codec_context
+        cost = frames_cost(context.width, context.height, context.pix_fmt)
+        return ItemCost(cost, f"a {context.width}x{context.height} {context.name} video")
+
+
+def frames_cost(width: int, height: int, pix_fmt: str | None) -> int:
+    """The memory of the frames a decoder and the clips hold, and of converting one."""
+    frame_bytes = width * height * _bytes_per_pixel(pix_fmt)
+    frames = DECODE_THREADS + DECODER_FRAMES + KEPT_FRAMES
+    conversion = width * height * CONVERSION_BYTES_PER_PIXEL
+    return math.ceil(frames * frame_bytes) + conversion + 2 * DECODER_SCRATCH  # a thread pool
+
+
+def _bytes_per_pixel(pix_fmt: str | None) -> float:
+    """What one pixel of a decoded frame takes (4:2:0 8-bit 1.5, 10-bit 3); 4 if unknown."""
+    try:
+        return av.VideoFormat(pix_fmt).padded_bits_per_pixel / 8 if pix_fmt else 4.0
+    except (ValueError, TypeError):
+        return 4.0
+
+
+def checked_duration(
+    source: bytes | Callable[[], BinaryIO],
+    container: av.container.InputContainer,
+    stream,
+    max_seconds: float | None,
+) -> float:
+    """:func:`video_duration`, or MediaTooLong past ``max_seconds``."""
+    duration = video_duration(source, container, stream)
+    if max_seconds is not None and duration > max_seconds:
+        raise MediaTooLong(
+            f"video is {_seconds(duration)} s long; the limit is {_seconds(max_seconds)} s"
+        )
+    return duration
 
 
 def open_video(data: bytes | BinaryIO) -> av.container.InputContainer:
@@ -131,18 +194,26 @@ def open_video(data: bytes | BinaryIO) -> av.container.InputContainer:
 
 
 def first_video_stream(container: av.container.InputContainer) -> av.VideoStream:
-    """The first video stream that is not an audio file's cover art."""
+    """The first video stream that is not an audio file's cover art, with a decoder.
+
+    Its frame size (when the header gives one) is within the limits.
+    """
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
             if stream.time_base is None:
                 raise MediaError("video stream has no time base")
-            width, height = stream.width or 0, stream.height or 0
-            if width * height > MAX_FRAME_PIXELS:
-                raise MediaError(
-                    f"video frames are {width}x{height}; the limit is 8K UHD (7680x4320)"
-                )
+            if stream.codec_context is None:
+                raise MediaError("video stream's codec is not one FFmpeg can decode")
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width or height:  # 0x0: the header does not say; each frame is checked
+                check_frame_size(width, height)
             return stream
     raise MediaError("no video stream")
+
+
+def check_frame_size(width: int, height: int) -> None:
+    """MediaError for frames over 8K UHD or too long for their width."""
+    check_picture_shape(width, height, "video frame", MAX_FRAME_PIXELS)
 
 
 def video_duration(
@@ -221,12 +292,13 @@ class ClipFrames:
         On equal pts the later frame wins, as in the reference's pts-keyed dict.
         """
         if pts < self.first_pts:
-            if self.before is None or pts >= self.before[0]:
+            if not self.window_pts and (self.before is None or pts >= self.before[0]):
                 self.before = (pts, frame)
         elif pts >= self.stop_pts:
-            if self.after is None or pts < self.after[0]:
+            if not self.window_pts and (self.after is None or pts < self.after[0]):
                 self.after = (pts, frame)
         else:
+            self.before = self.after = None  # only a window without frames falls back on them
             self.window_pts.add(pts)
             if self.first is None or pts <= self.first[0]:
                 self.first = (pts, frame)
@@ -273,6 +345,7 @@ def decode_clip_frames(
     stream,
     windows: list[tuple[int, int]],
     keep: list[list[int]] | None = None,
+    limits: DecodeLimits = NO_LIMITS,
 ) -> list[ClipFrames]:
     """Decode ``stream`` once, offering every frame to each window's :class:`ClipFrames`.
 
@@ -287,7 +360,7 @@ def decode_clip_frames(
     stop_all = max(stop for _, stop in windows)
     seen = False
     try:
-        for pts, frame in decoded_frames(container, stream):
+        for pts, frame in decoded_frames(container, stream, limits):
             seen = True
             for clip in clips:
                 clip.offer(pts, frame)
@@ -304,14 +377,25 @@ def decode_clip_frames(
     return clips
 
 
-def decoded_frames(container: av.container.InputContainer, stream) -> Iterator[Pick]:
+def decoded_frames(
+    container: av.container.InputContainer, stream, limits: DecodeLimits = NO_LIMITS
+) -> Iterator[Pick]:
     """(pts, frame) in decoding order; damaged packets are skipped.
 
-    A frame without a timestamp is given the previous one's plus one tick.
+    A frame without a timestamp is given the previous one's plus one tick. A
+    frame over the size limits, or bigger than ``limits`` allow, is an error;
+    the deadline passing stops decoding.
     """
+    stream.codec_context.thread_count = DECODE_THREADS
     stream.thread_type = "AUTO"
     previous: int | None = None
+    size = (stream.codec_context.width, stream.codec_context.height)
     for frame in stream_frames(container, stream, "video"):
+        limits.check_deadline("video")
+        if (frame.width, frame.height) != size:  # a header without a size, or a lying one
+            size = (frame.width, frame.height)
+            check_frame_size(*size)
+            limits.check_bytes(frames_cost(*size, frame.format.name), "video")
         pts = frame.pts
         if pts is None:
             pts = (stream.start_time or 0) if previous is None else previous + 1
@@ -344,7 +428,7 @@ def to_unit_rgb(frame: av.VideoFrame) -> torch.Tensor:
         rgb = frame.to_ndarray(format="rgb24")
     except Exception as exc:
         raise MediaError("a video frame could not be converted to RGB") from exc
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
 
 
 def short_side_resize(image: torch.Tensor, size: int = IMAGEBIND_HUGE.image_size) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,13 +56,23 @@ def check_wav_not_truncated(data: bytes, file_size: int | None = None) -> None:
             return
 
 
-def read_pcm_wav(data: bytes) -> tuple[np.ndarray, int] | None:
-    """Float32 samples (channels, n) and the rate of a PCM WAV, as FFmpeg + PyAV decode it.
+@dataclass(frozen=True)
+class PcmLayout:
+    """Where a PCM WAV's samples are and how they are stored."""
 
-    Integers are scaled by their full range (8-bit is offset by 128; 24-bit is
-    widened to 32 like FFmpeg does); floats are kept. ``None`` when the file is
-    not a little-endian PCM or float WAV this reader understands.
-    """
+    channels: int
+    rate: int
+    dtype: str  # numpy's name for one sample; "<i3" for 24-bit
+    offset: int  # of the first sample
+    frames: int  # samples per channel present in the file
+
+    @property
+    def sample_bytes(self) -> int:
+        return 3 if self.dtype == "<i3" else np.dtype(self.dtype).itemsize
+
+
+def pcm_layout(data: bytes) -> PcmLayout | None:
+    """The layout of a little-endian PCM or float WAV this reader understands, else None."""
     layout = None
     for chunk_id, offset, size in riff_chunks(data):
         if chunk_id == b"fmt ":
@@ -74,10 +85,24 @@ def read_pcm_wav(data: bytes) -> tuple[np.ndarray, int] | None:
             channels, rate, dtype = layout
             end = len(data) if size in _UNKNOWN_SIZES else min(offset + size, len(data))
             block = channels * (3 if dtype == "<i3" else np.dtype(dtype).itemsize)
-            count = (end - offset) // block
-            raw = memoryview(data)[offset : offset + count * block]
-            return _to_float(raw, dtype, channels), rate
+            return PcmLayout(channels, rate, dtype, offset, max(end - offset, 0) // block)
     return None
+
+
+def read_pcm_wav(data: bytes) -> tuple[np.ndarray, int] | None:
+    """Float32 samples (channels, n) and the rate of a PCM WAV, as FFmpeg + PyAV decode it.
+
+    Integers are scaled by their full range (8-bit is offset by 128; 24-bit is
+    widened to 32 like FFmpeg does); floats are kept. ``None`` when the file is
+    not a little-endian PCM or float WAV this reader understands. Beside the
+    file, memory holds the float32 samples (and, for 24-bit, the widened ones).
+    """
+    layout = pcm_layout(data)
+    if layout is None:
+        return None
+    size = layout.frames * layout.channels * layout.sample_bytes
+    raw = memoryview(data)[layout.offset : layout.offset + size]
+    return _to_float(raw, layout.dtype, layout.channels), layout.rate
 
 
 def _sample_layout(fmt: bytes) -> tuple[int, int, str] | None:
@@ -97,25 +122,39 @@ def _sample_layout(fmt: bytes) -> tuple[int, int, str] | None:
     return channels, rate, dtype
 
 
-def samples_to_float(array: np.ndarray) -> np.ndarray:
+def samples_to_float(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Integer or float samples → float32 in [-1, 1], with PyAV's arithmetic.
 
     Unsigned 8-bit is centred on 128; signed integers are divided by their
-    full range (``s16 / 32768``) in float64; floats are kept. The one rule for
-    FFmpeg's decoded frames and for WAVs read here.
+    full range (``s16 / 32768``); floats are kept. The one rule for FFmpeg's
+    decoded frames and for WAVs read here. PyAV divides in float64; for
+    samples of up to 32 bits, rounding to float32 first and then scaling by a
+    power of two gives the same floats, without a float64 copy. ``out``: a
+    float32 array of the same shape to fill.
     """
+    if out is None:
+        out = np.empty(array.shape, np.float32)
     if array.dtype == np.uint8:
-        return ((array.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
-    if array.dtype.kind == "i":
-        full_range = 2.0 ** (8 * array.dtype.itemsize - 1)
-        return (array.astype(np.float64) / full_range).astype(np.float32)
-    return array.astype(np.float32)
+        np.subtract(array, 128, out=out, dtype=np.float32)
+        out *= np.float32(1 / 128)
+    elif array.dtype.kind == "i" and array.dtype.itemsize <= 4:
+        out[...] = array
+        out *= np.float32(2.0 ** -(8 * array.dtype.itemsize - 1))
+    elif array.dtype.kind == "i":  # 64-bit: float32 cannot hold it exactly, round once
+        out[...] = array / 2.0 ** (8 * array.dtype.itemsize - 1)
+    else:
+        out[...] = array
+    return out
 
 
 def _to_float(raw: memoryview, dtype: str, channels: int) -> np.ndarray:
-    """Interleaved samples → float32 (channels, n)."""
+    """Interleaved samples → float32 (channels, n), one channel at a time."""
     samples = _int32(raw, dtype) if dtype in ("<i3", "<i4") else np.frombuffer(raw, dtype)
-    return np.ascontiguousarray(samples_to_float(samples).reshape(-1, channels).T)
+    interleaved = samples.reshape(-1, channels)
+    out = np.empty((channels, interleaved.shape[0]), np.float32)
+    for channel in range(channels):
+        samples_to_float(interleaved[:, channel], out=out[channel])
+    return out
 
 
 def _int32(raw: memoryview, dtype: str) -> np.ndarray:
