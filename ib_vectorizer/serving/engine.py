@@ -4,12 +4,15 @@ Nothing here knows HTTP. The HTTP layer hands :meth:`Engine.embed` the
 items of one request and maps the exceptions it raises to status codes:
 :class:`~ib_vectorizer.errors.InputError` (bad item), :class:`Overloaded`
 (admission limit), :class:`~.queue.DeadlineExceeded` (too slow),
-:class:`NotReady`.
+:class:`NotReady`. Every byte of request data the server holds is taken from
+one :class:`~.budget.MemoryBudget` first (the HTTP layer takes the bodies').
 
 Two engines share loading, readiness and decoding:
 
-* :class:`BatchingEngine` (default): items of all concurrent requests meet in
-  per-modality queues; one thread per model replica takes batches from them.
+* :class:`BatchingEngine` (default): each request's items are decoded by the
+  :class:`~.decoding.DecodePool`, which serves requests in turn within the
+  budget, and go one by one into per-modality queues; one thread per model
+  replica takes batches from them.
 * :class:`BaselineEngine`: one request at a time under a lock, batching only
   inside the request, like Weaviate's reference container; the benchmark's
   yardstick.
@@ -29,11 +32,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..embedder import Embedder
-from ..errors import InputError, MediaError
+from ..embedder import Embedder, NonFiniteVectors
+from ..errors import DeadlinePassed, InputError, MediaError
 from ..inline import media_bytes
 from ..modalities import Modality
 from ..preprocess.processes import DecodingProcesses
+from .budget import MemoryBudget
+from .decoding import DecodeJob, DecodePool
 from .metrics import ServerMetrics
 from .queue import BatchQueue, DeadlineExceeded, WorkItem
 from .settings import ServerSettings
@@ -53,6 +58,14 @@ class Overloaded(Exception):
 
 class NotReady(Exception):
     """The model is still loading, or the server is shutting down."""
+
+
+class NonFiniteItem(Exception):
+    """The model gave one item no finite vector (set on that item's future by a replica)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def cpu_threads_per_replica(settings: ServerSettings, cpu_replicas: int) -> int:
@@ -90,6 +103,7 @@ def load_embedders(settings: ServerSettings) -> list[Embedder]:
                 max_video_seconds=settings.max_video_seconds,
                 max_audio_seconds=settings.max_audio_seconds,
                 image_decode=settings.image_decode,
+                max_item_bytes=settings.max_item_bytes,
             )
         )
     return embedders
@@ -106,10 +120,8 @@ class Engine:
         self.failure: str | None = None
         self.loaded = threading.Event()
         self.in_flight = 0  # requests inside embed(); only touched on the event loop
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.preprocess_workers or os.cpu_count() or 2,
-            thread_name_prefix="preprocess",
-        )
+        self.budget = MemoryBudget(settings.memory_budget_bytes)
+        metrics.watch_memory(lambda: self.budget.used)
         self._decoders = DecodingProcesses()  # in the pool's threads until load() says otherwise
 
     @property
@@ -120,6 +132,12 @@ class Engine:
     @property
     def ready(self) -> bool:
         return self.state == "ready"
+
+    def busy(self) -> str | None:
+        """Why the server cannot take another request now (ready answers 503), or None."""
+        if self.budget.available < self.settings.max_body_bytes:
+            return "its memory budget is taken (IB_MEMORY_BUDGET_MB)"
+        return None
 
     def load(self) -> None:
         """Load and warm up the model replicas (blocking; run it in a thread)."""
@@ -154,7 +172,6 @@ class Engine:
             self.state = "draining"
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self._decoders.close()
 
     def meta(self) -> dict:
@@ -178,20 +195,10 @@ class Engine:
         }
 
     def prepare(self, modality: Modality, index: int, raw: str | bytes) -> torch.Tensor:
-        """One wire item → model input (runs in the worker pool)."""
-        started = time.perf_counter()
-        if modality is Modality.TEXT:
-            data = raw
-        else:
-            try:
-                data = media_bytes(raw)
-            except MediaError as err:
-                raise InputError(modality.value, index, str(err)) from None
-        tensor = self._decoders.load_item(self.embedders[0].preprocessor, modality, data, index)
-        self.metrics.preprocess_seconds.labels(modality.value).observe(
-            time.perf_counter() - started
-        )
-        return tensor
+        """One wire item → model input, in one go (the baseline's way)."""
+        item = WireItem(self, modality, index, raw)
+        item.inspect()
+        return item.decode()
 
     async def embed(self, items: Items) -> dict[Modality, np.ndarray]:
         """Vectors for one request's items, per modality and in order."""
@@ -210,6 +217,60 @@ class Engine:
         return np.zeros((0, self.embedders[0].model.config.out_embed_dim), dtype=np.float32)
 
 
+class WireItem:
+    """One item of a request on its way to model input: inspected, then decoded."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        modality: Modality,
+        index: int,
+        raw: str | bytes,
+        deadline: float | None = None,
+    ) -> None:
+        self.engine = engine
+        self.modality = modality
+        self.index = index
+        self.raw = raw
+        self.deadline = deadline
+        self.data: str | bytes | None = None  # the media's bytes, once read from base64
+
+    def inspect(self) -> int:
+        """Read the header: what decoding takes (its bytes included); InputError if too much."""
+        if self.modality is Modality.TEXT:
+            self.data = self.raw
+        else:
+            try:
+                self.data = media_bytes(self.raw)
+            except MediaError as err:
+                raise InputError(self.modality.value, self.index, str(err)) from None
+        preprocessor = self.engine.embedders[0].preprocessor
+        cost = preprocessor.inspect(self.modality, self.data, self.index).bytes
+        return cost + (len(self.data) if isinstance(self.data, bytes) else 0)
+
+    def decode(self) -> torch.Tensor:
+        """The model input (after :meth:`inspect`); the media's bytes are let go."""
+        started = time.perf_counter()
+        data, self.data = self.data, None
+        engine = self.engine
+        try:
+            tensor = engine._decoders.load_item(
+                engine.embedders[0].preprocessor,
+                self.modality,
+                data,
+                self.index,
+                deadline=self.deadline,
+                inspected=True,
+            )
+        except DeadlinePassed:
+            engine.metrics.decodes_stopped.labels(self.modality.value).inc()
+            raise
+        engine.metrics.preprocess_seconds.labels(self.modality.value).observe(
+            time.perf_counter() - started
+        )
+        return tensor
+
+
 class BatchingEngine(Engine):
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
         super().__init__(settings, metrics)
@@ -218,6 +279,16 @@ class BatchingEngine(Engine):
         self._admitted = 0
         self._admit_lock = threading.Lock()
         self._replicas: list[threading.Thread] = []
+        self._decoding = DecodePool(
+            settings.preprocess_workers or os.cpu_count() or 2,
+            self.budget,
+            request_share=settings.memory_budget_bytes // 2,
+        )
+
+    def busy(self) -> str | None:
+        if self._admitted >= self.settings.max_queue:
+            return "it holds IB_MAX_QUEUE items already"
+        return super().busy()
 
     def _on_loaded(self) -> None:
         for number, embedder in enumerate(self.embedders):
@@ -236,13 +307,21 @@ class BatchingEngine(Engine):
                 self.metrics.queue_wait_seconds.labels(modality.value).observe(
                     started - item.enqueued_at
                 )
+            inputs = torch.stack([item.inputs for item in batch])
+            for item in batch:
+                item.inputs = None  # the batch holds them now; freed once computed
+            unusable: dict[int, str] = {}
             try:
-                vectors = embedder.embed_tensors(modality, torch.stack([i.inputs for i in batch]))
+                vectors = embedder.embed_tensors(modality, inputs)
+            except NonFiniteVectors as err:
+                vectors, unusable = err.vectors, err.reasons
             except Exception as err:
                 log.exception("batch of %d %s item(s) failed on %s", len(batch), modality, device)
                 for item in batch:
                     item.future.set_exception(err)
                 continue
+            finally:
+                del inputs
             self.metrics.compute_seconds.labels(modality.value, device).observe(
                 time.monotonic() - started
             )
@@ -251,8 +330,11 @@ class BatchingEngine(Engine):
                 len(batch) * modality.views_per_item
             )
             self.metrics.items.labels(modality.value).inc(len(batch))
-            for item, vector in zip(batch, vectors.numpy(), strict=True):
-                item.future.set_result(vector)
+            for row, (item, vector) in enumerate(zip(batch, vectors.numpy(), strict=True)):
+                if row in unusable:
+                    item.future.set_exception(NonFiniteItem(unusable[row]))
+                else:
+                    item.future.set_result(vector)
 
     def _admit(self, count: int) -> None:
         with self._admit_lock:
@@ -273,46 +355,62 @@ class BatchingEngine(Engine):
             self._release(count)
 
     async def _decode_and_queue(self, items: Items) -> dict[Modality, np.ndarray]:
-        loop = asyncio.get_running_loop()
+        """Decode the items in the pool; each goes to the model as soon as it is decoded.
+
+        The deadline covers waiting for decoding, decoding and the model. On the
+        first failure the rest is called off: items not decoded yet are dropped,
+        those being decoded stop at the deadline, queued ones are skipped.
+        """
         deadline = self.queue.clock() + self.settings.request_timeout_s
         keys = [(m, i) for m, values in items.items() for i in range(len(values))]
-        decoding = [
-            loop.run_in_executor(self._pool, self.prepare, m, i, items[m][i]) for m, i in keys
-        ]
-        try:  # the deadline covers waiting for and doing the decoding too
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                decoded = await asyncio.gather(*decoding, return_exceptions=True)
-        except TimeoutError:
-            for future in decoding:
-                future.cancel()  # not started yet: skipped; running: finishes for nobody
-            raise DeadlineExceeded() from None
-        for result in decoded:
-            if isinstance(result, BaseException):
-                raise result
-        work = [
-            WorkItem(modality=m, inputs=tensor, deadline=deadline)
-            for (m, _), tensor in zip(keys, decoded, strict=True)
-        ]
-        self.queue.put(work)
-        waiting = [asyncio.wrap_future(item.future) for item in work]
+        if not keys:
+            return {m: self._empty() for m in items}
+        wire = [WireItem(self, m, i, items[m][i], deadline) for m, i in keys]
+        preprocessor = self.embedders[0].preprocessor
+        jobs = [DecodeJob(w.inspect, w.decode, preprocessor.item_bytes(w.modality)) for w in wire]
+        decodes = self._decoding.submit(jobs, deadline)
+        queued: list[WorkItem] = []
+
+        async def embed(item: WireItem, job: DecodeJob) -> np.ndarray:
+            try:
+                inputs = await asyncio.wrap_future(job.future)
+                work = WorkItem(modality=item.modality, inputs=inputs, deadline=deadline)
+                del inputs
+                queued.append(work)
+                self.queue.put([work])
+                return await asyncio.wrap_future(work.future)
+            except DeadlinePassed:
+                raise DeadlineExceeded() from None
+            except NonFiniteItem as err:
+                raise InputError(item.modality.value, item.index, err.reason) from None
+            finally:
+                decodes.release(job)
+
+        tasks = [asyncio.ensure_future(embed(w, job)) for w, job in zip(wire, jobs, strict=True)]
         try:
             remaining = max(0.0, deadline - self.queue.clock())
-            vectors = await asyncio.wait_for(asyncio.gather(*waiting), timeout=remaining)
-        except TimeoutError:
-            for item in work:
-                item.future.cancel()
-            raise DeadlineExceeded() from None
-        except BaseException:
-            for item in work:
-                item.future.cancel()
-            raise
+            done, pending = await asyncio.wait(
+                tasks, timeout=remaining, return_when=asyncio.FIRST_EXCEPTION
+            )
+            for task in tasks:  # the first failure in the request's order
+                if task in done and task.exception() is not None:
+                    raise task.exception()
+            if pending:
+                raise DeadlineExceeded()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for work in queued:
+                work.future.cancel()
+            decodes.close()
         out: dict[Modality, list[np.ndarray]] = {m: [] for m in items}
-        for (m, _), vector in zip(keys, vectors, strict=True):
-            out[m].append(vector)
+        for (m, _), task in zip(keys, tasks, strict=True):
+            out[m].append(task.result())
         return {m: np.stack(v) if v else self._empty() for m, v in out.items()}
 
     def close(self) -> None:
         self.queue.close()
+        self._decoding.close()
         for thread in self._replicas:
             thread.join(timeout=30)
         super().close()
@@ -343,7 +441,11 @@ class BaselineEngine(Engine):
                 out[modality] = self._empty()
                 continue
             batch = torch.stack([self.prepare(modality, i, raw) for i, raw in enumerate(values)])
-            out[modality] = embedder.embed_tensors(modality, batch).numpy()
+            try:
+                out[modality] = embedder.embed_tensors(modality, batch).numpy()
+            except NonFiniteVectors as err:
+                row = min(err.reasons)
+                raise InputError(modality.value, row, err.reasons[row]) from None
             self.metrics.items.labels(modality.value).inc(len(values))
         return out
 

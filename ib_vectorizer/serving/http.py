@@ -4,11 +4,17 @@ Routes: ``/.well-known/live``, ``/.well-known/ready`` (answered at once from
 the event loop), ``/meta``, ``/vectorize``, ``/metrics``. Every answer other
 than 200/204 is a JSON object with an ``error`` string, because Weaviate's
 client reports exactly that field.
+
+A body is read as it arrives, its bytes taken from the server's memory budget
+(503 when it is spent) and held until the request is answered; a client that
+sends nothing for ``IB_BODY_TIMEOUT_S`` gets 408 and loses its connection, so
+stalled uploads hold neither memory nor anyone else's turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -25,9 +31,9 @@ from .queue import DeadlineExceeded
 
 log = logging.getLogger(__name__)
 
-BODIES_AT_ONCE = 16
 PARSE_INLINE_BYTES = 256 * 1024
 OPEN_PATHS = ("/.well-known/live", "/.well-known/ready")
+_STRICT_JSON = functools.partial(json.dumps, allow_nan=False)  # NaN is not JSON
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -52,6 +58,8 @@ def parse_vectorize_body(body: bytes, max_items: int) -> dict[Modality, list[str
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RequestError(400, f"request body is not valid JSON: {err}", "bad_json") from None
+    except RecursionError:
+        raise RequestError(400, "request body is nested too deeply", "bad_json") from None
     if not isinstance(payload, dict):
         raise RequestError(400, "request body must be a JSON object", "bad_json")
     unknown = sorted(set(payload) - set(REQUEST_KEYS))
@@ -89,7 +97,57 @@ def parse_vectorize_body(body: bytes, max_items: int) -> dict[Modality, list[str
 
 def vectorize_response(vectors: dict) -> web.Response:
     body = {RESPONSE_KEYS[m]: vectors[m].tolist() if m in vectors else [] for m in RESPONSE_KEYS}
-    return web.json_response(body)
+    return web.json_response(body, dumps=_STRICT_JSON)
+
+
+def _spent() -> RequestError:
+    return RequestError(
+        503,
+        "the server's memory budget is spent (IB_MEMORY_BUDGET_MB); retry shortly",
+        "overloaded",
+        {"Retry-After": "1"},
+    )
+
+
+class BodyReader:
+    """Reads request bodies within the memory budget and the body timeout.
+
+    ``read`` returns the body and how many budget bytes it holds for it (give
+    them back with ``engine.budget.give`` once the request is answered).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def read(self, request: web.Request) -> tuple[bytes, int]:
+        settings, budget = self.engine.settings, self.engine.budget
+        limit = settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        chunks: list[bytes] = []
+        held = 0
+        try:
+            async with asyncio.timeout(settings.request_timeout_s):
+                while chunk := await asyncio.wait_for(
+                    request.content.readany(), settings.body_timeout_s
+                ):
+                    if held + len(chunk) > limit:
+                        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=held)
+                    if not budget.try_take(len(chunk)):
+                        raise _spent()
+                    held += len(chunk)
+                    chunks.append(chunk)
+        except BaseException as err:
+            budget.give(held)
+            if isinstance(err, TimeoutError):
+                raise RequestError(
+                    408,
+                    f"request body not received: nothing arrived for "
+                    f"{settings.body_timeout_s:g} s (IB_BODY_TIMEOUT_S)",
+                    "body_timeout",
+                ) from None
+            raise
+        return b"".join(chunks), held
 
 
 def create_app(engine: Engine, api_key: str | None = None) -> web.Application:
@@ -120,6 +178,8 @@ def create_app(engine: Engine, api_key: str | None = None) -> web.Application:
             log.exception("unexpected error on %s %s", request.method, request.path)
             metrics.errors.labels("internal").inc()
             response = error_response(500, "internal server error; see the server log")
+        if response.status in (408, 413):
+            response.force_close()  # the rest of the body is not read: nothing else may follow
         metrics.requests.labels(_path_label(request), str(response.status)).inc()
         if request.path == "/vectorize":
             metrics.request_seconds.observe(time.perf_counter() - started)
@@ -129,7 +189,12 @@ def create_app(engine: Engine, api_key: str | None = None) -> web.Application:
         return web.Response(status=204)
 
     async def ready(_: web.Request) -> web.Response:
-        return web.Response(status=204 if engine.ready else 503)
+        if not engine.ready:
+            return web.Response(status=503)
+        busy = engine.busy()
+        if busy is not None:
+            return error_response(503, f"not taking work now: {busy}", {"Retry-After": "1"})
+        return web.Response(status=204)
 
     async def meta(_: web.Request) -> web.Response:
         return web.json_response(engine.meta())
@@ -137,21 +202,32 @@ def create_app(engine: Engine, api_key: str | None = None) -> web.Application:
     async def prometheus(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
-    # Bodies are read and parsed a few at a time, so many large uploads cannot
-    # hold memory beyond BODIES_AT_ONCE × IB_MAX_BODY_MB, and big JSON is parsed
-    # off the event loop so /.well-known/ready keeps answering at once.
-    bodies = asyncio.Semaphore(BODIES_AT_ONCE)
+    # Big JSON is parsed off the event loop, so /.well-known/ready keeps answering at once;
+    # while it is, the body and its parsed strings both exist: the budget holds both.
+    bodies = BodyReader(engine)
 
     async def vectorize(request: web.Request) -> web.Response:
-        async with bodies:
-            body = await request.read()
-            if len(body) > PARSE_INLINE_BYTES:
-                items = await asyncio.get_running_loop().run_in_executor(
-                    None, parse_vectorize_body, body, engine.max_request_items
-                )
-            else:
-                items = parse_vectorize_body(body, engine.max_request_items)
-            del body
+        body, held = await bodies.read(request)
+        try:
+            strings = len(body)  # what the parsed items take: about the body's size again
+            if not engine.budget.try_take(strings):
+                raise _spent()
+            held += strings
+            try:
+                if len(body) > PARSE_INLINE_BYTES:
+                    items = await asyncio.get_running_loop().run_in_executor(
+                        None, parse_vectorize_body, body, engine.max_request_items
+                    )
+                else:
+                    items = parse_vectorize_body(body, engine.max_request_items)
+            finally:
+                engine.budget.give(held - strings)  # the body itself is dropped now
+                held, body = strings, b""
+            return await _embed(items)
+        finally:
+            engine.budget.give(held)
+
+    async def _embed(items) -> web.Response:
         try:
             vectors = await engine.embed(items)
         except InputError as err:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -68,9 +68,24 @@ class ServerMetrics:
         self.batch_views = Histogram(
             "ib_batch_views", "Encoder passes per batch", ["modality"], buckets=_SIZES, registry=r
         )
+        self.decodes_stopped = Counter(
+            "ib_decodes_stopped",
+            "Items whose decoding stopped because their request had timed out",
+            ["modality"],
+            registry=r,
+        )
+        self.memory_held = Gauge(
+            "ib_memory_budget_used_bytes",
+            "Bytes of the memory budget held by requests: bodies, decoding, decoded inputs",
+            registry=r,
+        )
 
     def watch_queue(self, depth: Callable[[], dict[Modality, int]]) -> None:
         self.registry.register(_QueueDepth(depth))
+
+    def watch_memory(self, used: Callable[[], int]) -> None:
+        """The budget's use, read at scrape time."""
+        self.memory_held.set_function(used)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

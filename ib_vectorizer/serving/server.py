@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import signal
+import sys
 import threading
 
 from aiohttp import web
@@ -17,6 +20,24 @@ from .settings import ServerSettings
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 60.0
+# Blocks of this size and more are mapped on their own and unmapped when freed.
+MMAP_THRESHOLD_BYTES = 4 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def give_freed_memory_back() -> None:
+    """Make glibc's malloc return freed decode buffers to the system.
+
+    By default glibc raises its mmap threshold to the largest block freed so
+    far (up to 32 MiB), and its trim threshold with it, so the memory of large
+    decodes in several threads stays with the process: ten concurrent decodes
+    of 230-410 MiB each left it 1.5 GiB larger, and the next ones came on top.
+    A fixed threshold keeps both where they are. Elsewhere, a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        # Not glibc (musl): no mallopt, and its malloc gives memory back anyway.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 async def serve(settings: ServerSettings, stop: asyncio.Event | None = None) -> int:
@@ -26,6 +47,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event | None = None) -> 
     loads; ``/.well-known/ready`` turns 204 only once it is loaded and warm.
     On a signal, ready turns 503, requests in flight finish, then we exit.
     """
+    give_freed_memory_back()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -52,6 +52,15 @@ class ServerSettings(ModelOptions):
         64.0, "IB_MAX_BODY_MB", "largest request body in MiB; beyond it 413"
     )
     max_items: int = option(256, "IB_MAX_ITEMS", "most items in one request; beyond it 413")
+    memory_budget_mb: int = option(
+        4096,
+        "IB_MEMORY_BUDGET_MB",
+        "memory all requests may hold at once (bodies, decoding, decoded inputs; one request "
+        "at most half); beyond it bodies get 503 and decoding waits",
+    )
+    body_timeout_s: float = option(
+        10.0, "IB_BODY_TIMEOUT_S", "a request body that sends nothing for this long gets 408"
+    )
     max_video_seconds: float = option(600.0, "IB_MAX_VIDEO_SECONDS", "longest video accepted")
     max_audio_seconds: float = option(600.0, "IB_MAX_AUDIO_SECONDS", "longest audio accepted")
     request_timeout_s: float = option(
@@ -83,6 +92,14 @@ class ServerSettings(ModelOptions):
         for name in ("max_batch", "max_queue", "max_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.body_timeout_s <= 0:
+            raise ValueError(f"IB_BODY_TIMEOUT_S must be positive, not {self.body_timeout_s:g}")
+        if self.max_item_mb + self.max_body_mb > self.memory_budget_mb:
+            raise ValueError(
+                f"IB_MEMORY_BUDGET_MB ({self.memory_budget_mb}) must hold a body "
+                f"(IB_MAX_BODY_MB {self.max_body_mb:g}) and an item's decoding "
+                f"(IB_MAX_ITEM_MB {self.max_item_mb}): raise it, or lower those"
+            )
 
     def device_list(self, cuda_available: bool) -> list[str]:
         """Where the replicas run: IB_DEVICES, else IB_DEVICE, else ENABLE_CUDA/CUDA_CORE."""
@@ -99,6 +116,10 @@ class ServerSettings(ModelOptions):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return self.memory_budget_mb << 20
 
 
 SETTINGS: tuple[Option, ...] = options_of(ServerSettings)
