@@ -7,6 +7,7 @@ stored as BLOB properties (base64), text as TEXT.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ SOURCE_ID = "source_id"  # where pipelines keep the id an object was made from
 PARENT_ID = "parent_id"  # a segment's source (see pipelines.ingest.segments)
 EXACT_TEXT = (SOURCE_ID, PARENT_ID)  # ids: matched whole, never split into words
 DEFAULT_VECTOR_NAME = "imagebind"
+# The line of a collection's description that lists where its stored URIs were read from.
+MEDIA_ROOTS_LINE = "ib-ingest media roots: "
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,35 @@ def create_bind_collection(
     if replication_factor is not None:
         definition["replicationConfig"] = {"factor": replication_factor}
     return client.collections.create_from_dict(definition)
+
+
+def recorded_media_roots(description: str | None) -> list[str]:
+    """The folders a collection's ``<field>_uri`` media were ingested from, as recorded in its
+    description by :func:`record_media_root`; [] when none are (or the line is not ours)."""
+    for line in (description or "").splitlines():
+        if line.startswith(MEDIA_ROOTS_LINE):
+            try:
+                roots = json.loads(line[len(MEDIA_ROOTS_LINE) :])
+            except ValueError:
+                return []
+            return [r for r in roots if isinstance(r, str)] if isinstance(roots, list) else []
+    return []
+
+
+def record_media_root(collection, root: str) -> None:
+    """Add ``root`` to the media roots in the collection's description (other text kept).
+
+    The description is part of the collection's schema: writing objects cannot
+    change it, so an object cannot widen what ``ib-search`` serves. Roots of
+    several ingests accumulate.
+    """
+    description = collection.config.get().description or ""
+    roots = recorded_media_roots(description)
+    if root in roots:
+        return
+    kept = [line for line in description.splitlines() if not line.startswith(MEDIA_ROOTS_LINE)]
+    line = MEDIA_ROOTS_LINE + json.dumps([*roots, root])
+    collection.config.update(description="\n".join([*kept, line]))
 
 
 def _property(name: str, data_type) -> dict:

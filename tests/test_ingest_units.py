@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 import numpy as np
 import pytest
 from weaviate.util import generate_uuid5
@@ -43,12 +45,23 @@ def ready(**media) -> ReadyObject:
     )
 
 
-def test_embed_failures_carry_the_exception_text_not_a_tuple():
+def _as_beam_reports_it(err: BaseException) -> tuple:
+    """RunInference's dead-letter form of an exception: (type, repr, formatted traceback)."""
+    try:
+        raise err
+    except BaseException as raised:
+        return type(raised), repr(raised), traceback.format_exception(raised)
+
+
+def test_embed_failures_carry_a_sentence_with_the_exception_text_not_a_tuple():
     batch = [ready(text="a"), ready(text="b")]
-    error = (RuntimeError, "RuntimeError('CUDA out of memory')", ["Traceback ..."])
-    failures = _batch_failures((batch, error))
+    failures = _batch_failures((batch, _as_beam_reports_it(RuntimeError("CUDA error: bad kernel"))))
     assert [f.stage for f in failures] == ["embed", "embed"]
-    assert failures[0].error == "RuntimeError('CUDA out of memory')"
+    assert failures[0].error == (
+        "embedding its batch failed unexpectedly (RuntimeError: CUDA error: bad kernel)"
+    )
+    (failure,) = _batch_failures(([ready(text="a")], _as_beam_reports_it(MemoryError())))
+    assert failure.error == "embedding its batch ran out of memory"
 
 
 def test_object_properties_vector_and_id():

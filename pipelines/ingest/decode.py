@@ -20,7 +20,7 @@ import time
 import apache_beam as beam
 from apache_beam.utils.shared import Shared
 
-from ib_vectorizer.errors import InputError, MediaError, MediaTooLong
+from ib_vectorizer.errors import InputError, MediaError, MediaTooLong, unexpected_failure
 from ib_vectorizer.preprocess import Preprocessor
 from ib_vectorizer.preprocess.processes import DecodingProcesses
 from ib_vectorizer.preprocess.segments import SegmentRule
@@ -138,7 +138,8 @@ class Decode(CollectionDoFn):
                     yield self._failure(ready, reason)
                     return
                 except Exception as err:  # a decoder bug must not stop the job either
-                    yield self._failure(ready, f"{name}: {type(err).__name__}: {err}")
+                    failure = unexpected_failure(err, "decoding it")
+                    yield self._failure(ready, f"{name} ({modality.label}): {failure}")
                     return
                 finally:
                     self.time.add(modality.label, time.perf_counter() - started)
@@ -159,7 +160,8 @@ class Decode(CollectionDoFn):
             yield self._failure(source.obj, f"{name} ({value.modality.value}): {err}")
             return
         except Exception as err:  # a decoder bug must not stop the job either
-            yield self._failure(source.obj, f"{name}: {type(err).__name__}: {err}")
+            failure = unexpected_failure(err, "decoding it")
+            yield self._failure(source.obj, f"{name} ({value.modality.label}): {failure}")
             return
         finally:
             self.time.add(value.modality.label, time.perf_counter() - started)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler
 
-from ib_vectorizer.embedder import Embedder
+from ib_vectorizer.embedder import Embedder, NonFiniteVectors
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
 
@@ -64,7 +64,12 @@ class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder])
         options = self.model
         if has_scheme(options.checkpoint):  # gs://, s3://, ...: copied to this worker once
             options = dataclasses.replace(options, checkpoint=local_copy(options.checkpoint))
-        return Embedder(options.create(), normalize=True, image_decode=options.image_decode)
+        return Embedder(
+            options.create(),
+            normalize=True,
+            image_decode=options.image_decode,
+            max_item_bytes=options.max_item_bytes,
+        )
 
     def run_inference(
         self,
@@ -73,6 +78,7 @@ class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder])
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[EmbeddedObject]:
         vectors: list[dict[str, np.ndarray]] = [{} for _ in batch]
+        errors: dict[int, str] = {}
         for modality in Modality:
             slots = [
                 (i, name)
@@ -85,11 +91,20 @@ class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder])
                 chunk = slots[start : start + per_chunk]
                 started = time.perf_counter()
                 inputs = torch.stack([batch[i].inputs[name] for i, name in chunk])
-                out = model.embed_tensors(modality, inputs).numpy()
+                unusable: dict[int, str] = {}
+                try:
+                    out = model.embed_tensors(modality, inputs).numpy()
+                except NonFiniteVectors as err:
+                    out, unusable = err.vectors.numpy(), err.reasons
                 self.time.add(modality.label, time.perf_counter() - started)
-                for (i, name), vector in zip(chunk, out, strict=True):
+                for row, ((i, name), vector) in enumerate(zip(chunk, out, strict=True)):
+                    if row in unusable:
+                        errors.setdefault(i, f"{name} ({modality.label}): {unusable[row]}")
                     vectors[i][name] = vector
-        return [EmbeddedObject(obj, v) for obj, v in zip(batch, vectors, strict=True)]
+        return [
+            EmbeddedObject(obj, v, errors.get(i))
+            for i, (obj, v) in enumerate(zip(batch, vectors, strict=True))
+        ]
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return batching_by_views(self.max_batch_views)

@@ -118,9 +118,18 @@ FAILED = JobCounter("failed")
 def _batch_failures(failed) -> list[Failure]:
     """RunInference's dead letter (batch, (exception type, repr, traceback)) → Failures."""
     batch, error = failed
-    reason = error[1] if isinstance(error, tuple) and len(error) > 1 else repr(error)
+    if isinstance(error, tuple) and len(error) == 3:
+        kind, described, lines = error
+        last = lines[-1].strip() if lines else ""  # "RuntimeError: the message"
+        detail = last if last.startswith(kind.__name__) else described
+        if issubclass(kind, MemoryError):
+            reason = "embedding its batch ran out of memory"
+        else:
+            reason = f"embedding its batch failed unexpectedly ({detail})"
+    else:
+        reason = f"embedding its batch failed unexpectedly ({error})"
     FAILED.inc(len(batch))
-    return [Failure(o.source_id, o.source, "embed", str(reason)) for o in batch]
+    return [Failure(o.source_id, o.source, "embed", reason) for o in batch]
 
 
 class _Combine(beam.DoFn):
@@ -144,7 +153,11 @@ def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget)
     read = pipeline | "Read" >> ReadObjects(config.spec)
     # Local embedding preprocesses here, in parallel, with the model's own geometry.
     preprocessor = (
-        Preprocessor.for_model(config.model.config(), image_decode=config.model.image_decode)
+        Preprocessor.for_model(
+            config.model.config(),
+            image_decode=config.model.image_decode,
+            max_item_bytes=config.model.max_item_bytes,
+        )
         if config.embed == "local"
         else None
     )
@@ -404,18 +417,20 @@ def run(
     from ..stack import LocalStack
 
     with ExitStack() as resources:
+        api_key = args.weaviate_api_key
         if args.weaviate_url:
             nodes, vectorizer = parse_nodes(args.weaviate_url, args.grpc_port), args.vectorizer_url
         else:
             stack = resources.enter_context(LocalStack(args.data_dir, model))
             nodes = [(node.http, node.grpc_port) for node in stack.endpoints.nodes]
             vectorizer = args.vectorizer_url or stack.endpoints.vectorizer
+            api_key = api_key or stack.api_key  # one the stack made, if its Weaviate needs one
         (url, grpc_port), *others = nodes
         target = WeaviateTarget(
             url,
             grpc_port,
             args.collection,
-            args.weaviate_api_key,
+            api_key,
             other_nodes=tuple(others),
             consistency_level=args.consistency_level,
         )
@@ -426,6 +441,7 @@ def run(
             args.store_uri,
             segmented=rule is not None,
             replication_factor=args.replication_factor,
+            input_spec=spec,
         )
         meta = fetch_meta(vectorizer) if vectorizer and args.embed != "local" else None
         config = IngestConfig(
@@ -475,14 +491,21 @@ def prepare_collection(
     store_uri: bool,
     segmented: bool = False,
     replication_factor: int | None = None,
+    input_spec: InputSpec | None = None,
 ) -> None:
     """Create the collection with the multi2vec-bind config unless it exists.
 
     A collection made before content hashes were stored (or by hand), or
     before segments were, gets the properties added, so re-runs can look
-    hashes and segments up in it.
+    hashes and segments up in it. When objects will store their source URIs
+    (``store_uri``, or segments), the folder they are read from (a directory
+    input, or a manifest's folder) is recorded as a media root of the
+    collection: ``ib-search`` serves stored URIs only from inside those.
     """
     from weaviate.classes.config import DataType, Property, Tokenization
+
+    from ..schema import record_media_root
+    from .paths import absolute, dirname
 
     client = target.connect()
     try:
@@ -501,6 +524,10 @@ def prepare_collection(
                 collection.config.add_property(
                     Property(name=name, data_type=data_type, tokenization=exact)
                 )
+        if input_spec is not None and (store_uri or segmented):
+            source = absolute(input_spec.path).rstrip("/")
+            root = source if input_spec.kind == "directory" else dirname(source)
+            record_media_root(collection, root)
     finally:
         client.close()
 

@@ -29,6 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.preprocess import Preprocessor
+from ib_vectorizer.preprocess.limits import DecodeLimits
 from ib_vectorizer.preprocess.segments import (
     Segment,
     SegmentRule,
@@ -166,12 +167,15 @@ class SegmentCutter:
             (lambda: FileSystems.open(value.uri)) if value.uri else open_bytes(read_field(value))
         )
         config = self.preprocessor.config
+        limits = DecodeLimits(self.preprocessor.max_item_bytes)
         if value.modality is Modality.AUDIO:
             segments = audio_segments(
-                opener, self.rule, config.audio_num_mel_bins, config.audio_target_len
+                opener, self.rule, config.audio_num_mel_bins, config.audio_target_len, limits
             )
         else:
-            segments = video_segments(opener, self.rule, config.image_size, config.video_frames)
+            segments = video_segments(
+                opener, self.rule, config.image_size, config.video_frames, limits
+            )
         for segment in segments:
             yield segment_object(source, segment)
 
