@@ -4,6 +4,9 @@ One collection of every modality is ingested from the fixture files with the
 tiny model; ``ib-search`` runs as its own process (``python -m pipelines.search``)
 against the module's stack. Each browser test finds the object it expects among
 the results by its ``data-source-id``; screenshots go to ``tests/screenshots/``.
+The page runs under its own Content-Security-Policy, and the tests check that it
+refuses nothing the page needs; what ib-search must refuse is tested in
+``test_search_security.py``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ TEXT = "a dog barking loudly"  # text/note.txt of the dataset
 class SearchServer:
     """``python -m pipelines.search ...`` in a child process, its URL read from its first line."""
 
-    def __init__(self, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.search", "--port", "0", *args],
             cwd=ROOT,
@@ -118,6 +121,17 @@ def page(browser, request):
     context.close()
 
 
+@pytest.fixture
+def csp_violations(page) -> list[str]:
+    """What the page's Content-Security-Policy refused, as the browser's console reports it."""
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return refused
+
+
 def results(page: Page):
     return page.locator("#results > li.result")
 
@@ -175,7 +189,7 @@ def test_text_query_and_more_like_this_by_keyboard_only(server, page):
     assert "near_id=" in page.url
 
 
-def test_every_modality_is_shown_in_the_grid(server, page):
+def test_every_modality_is_shown_in_the_grid(server, page, csp_violations):
     page.goto(f"{server}?collection={COLLECTION}&text={quote(TEXT)}")
     expect(results(page)).to_have_count(10, timeout=30_000)
     grid = page.locator("#results")
@@ -202,6 +216,7 @@ def test_every_modality_is_shown_in_the_grid(server, page):
         assert re.fullmatch(r"[0-9a-f-]{36}", item.get_attribute("data-id"))
         assert item.get_attribute("data-source-id")
     expect(results(page).first.locator(".distance")).to_have_text("distance 0.0000")
+    assert csp_violations == []  # the page's own policy lets all of it load
     page.screenshot(path=str(SCREENSHOTS_DIR() / "results-grid.png"))
 
 
@@ -262,9 +277,12 @@ def test_a_deep_link_shows_its_results(server, page):
     expect(page.locator("#error")).to_be_hidden()
 
 
-def test_a_deep_link_to_another_collection_with_stored_uris(server, page):
+def test_a_deep_link_to_another_collection_with_stored_uris(server, page, csp_violations):
     page.goto(f"{server}?collection={URI_COLLECTION}&text={quote(TEXT)}&modality=audio")
     expect(results(page)).to_have_count(2, timeout=30_000)
+    expect(page.locator("#results audio")).to_have_count(2)
+    expect(page.locator("#results .refused")).to_have_count(0)  # inside the recorded root
+    assert csp_violations == []
     assert {item.get_attribute("data-source-id") for item in results(page).all()} == {
         "audio/tone.wav",
         "sounds/chirp.wav",
@@ -322,6 +340,7 @@ def call(url: str, body: dict | bytes | None = None) -> tuple[int, dict]:
     ("body", "status", "message"),
     [
         ({"collection": "Missing", "text": "x"}, 404, "collection 'Missing' does not exist"),
+        ({"collection": "../../v1/objects", "text": "x"}, 400, "is not a collection name"),
         ({"collection": COLLECTION}, 400, "give exactly one query"),
         ({"text": "x"}, 400, "'collection' is missing"),
         ({"collection": COLLECTION, "text": "x", "near_id": "y"}, 400, "got text, near_id"),
@@ -393,16 +412,20 @@ def media_of(server: str, collection: str, source_id: str) -> list[dict]:
 def test_media_come_from_the_blob_or_the_stored_uri(server, gallery):
     (video,) = media_of(server, URI_COLLECTION, "video/a.mp4")
     assert video["uri"] == str(gallery / "video/a.mp4")
+    assert video["content_type"] == "video/mp4"  # sniffed from the file's bytes
     request = urllib.request.Request(
         server.rstrip("/") + video["url"], headers={"Range": "bytes=0-99"}
     )
     with urllib.request.urlopen(request) as response:
         assert response.status == 206  # players can seek
+        assert response.headers["Content-Type"] == "video/mp4"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.read() == (gallery / "video/a.mp4").read_bytes()[:100]
 
     (image,) = media_of(server, COLLECTION, "image/cat.jpg")
     with urllib.request.urlopen(server.rstrip("/") + image["url"]) as response:
         assert response.headers["Content-Type"] == "image/jpeg"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.read() == (gallery / "image/cat.jpg").read_bytes()
 
 

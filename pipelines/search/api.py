@@ -3,6 +3,10 @@
 Everything here is blocking (weaviate-client's sync API); the web server calls
 it from worker threads. Errors a user can fix are ``ApiError`` with an HTTP
 status and a message naming the item and the reason.
+
+Stored media is sent only when it is safe to: a BLOB or a file whose bytes are
+a media type the page shows, and a ``<field>_uri`` only inside the
+collection's media roots (see ``access``).
 """
 
 from __future__ import annotations
@@ -11,24 +15,24 @@ import base64
 import binascii
 import contextlib
 import io
-import mimetypes
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlparse
+from typing import Any, BinaryIO
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.retry import first_line
 
 from ..connection import node_unreachable
 from ..near import NoSuchCollection, near, open_collection
-from ..schema import PARENT_ID, SOURCE_ID
+from ..schema import PARENT_ID, SOURCE_ID, recorded_media_roots
+from .access import MediaFile, MediaRoots, allowed_url, is_web_url, open_media_file
 from .detect import content_type, detect_modality
+from .errors import ApiError
 
 # multi2vec-bind's config keys, as Weaviate returns them, for each modality.
 CONFIG_KEYS = {
@@ -45,15 +49,23 @@ PICTURES = (Modality.VISION, Modality.DEPTH, Modality.THERMAL)  # shown as thumb
 MAX_LIMIT = 100
 SCAN_LIMIT = 1000  # hits looked through for a modality filter
 THUMBNAIL_PX = 320
+# Pixels a thumbnail's source may have when decoded: a JPEG decodes at 1/2 to 1/8 scale first,
+# so only other formats (a PNG bomb of a few kilobytes) come near it.
+MAX_THUMBNAIL_SOURCE_PIXELS = 32_000_000
+LAYOUT_SECONDS = 5.0  # how long a collection's layout and media roots are trusted
+# Weaviate's class-name rule (it capitalises a lower-case first letter itself).
+COLLECTION_NAME = re.compile(r"[A-Za-z][_0-9A-Za-z]{0,254}")
 
 
-class ApiError(Exception):
-    """A request the page can show the reason for: ``status`` 4xx, or 502/503 for Weaviate."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+def check_collection_name(name: Any) -> str:
+    """``name`` if it is a Weaviate collection name, else ApiError 400 (before Weaviate sees it)."""
+    if not isinstance(name, str) or not COLLECTION_NAME.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise ApiError(
+            400,
+            f"{shown} is not a collection name: a letter, then up to 254 letters, digits or _",
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -67,11 +79,14 @@ class MediaField:
 
 @dataclass(frozen=True)
 class Layout:
-    """What a collection holds: media fields and the properties a hit shows (no BLOBs)."""
+    """What a collection holds: media fields, the properties a hit shows (no BLOBs), and the
+    folders ib-ingest recorded its stored URIs come from."""
 
     fields: tuple[MediaField, ...]
     properties: dict[str, str]  # name → Weaviate data type
     blobs: tuple[str, ...]
+    media_roots: MediaRoots
+    read_at: float  # time.monotonic() when read
 
     def field(self, name: str) -> MediaField:
         for field in self.fields:
@@ -96,7 +111,8 @@ def read_layout(collection) -> Layout:
     )
     blobs = tuple(name for name, kind in types.items() if kind == "blob")
     shown = {name: kind for name, kind in types.items() if kind != "blob"}
-    return Layout(fields, shown, blobs)
+    roots = MediaRoots.from_recorded(recorded_media_roots(config.description))
+    return Layout(fields, shown, blobs, roots, time.monotonic())
 
 
 class BlobCache:
@@ -133,12 +149,22 @@ class BlobCache:
 
 @dataclass(frozen=True)
 class Media:
-    """What the media endpoint sends: bytes, a local file, or a URL to redirect to."""
+    """What the media endpoint sends: bytes, an open local file (the sender closes it), or a URL
+    to redirect to."""
 
     content_type: str
     data: bytes | None = None
-    path: Path | None = None
+    file: MediaFile | None = None
     url: str | None = None
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How a hit's media field appears on the page: its content type, or why it is not sent."""
+
+    content_type: str = ""
+    uri: str | None = None
+    refused: str | None = None
 
 
 class SearchService:
@@ -154,6 +180,7 @@ class SearchService:
         default_collection: str,
         consistency_level: str | None = None,
         where: str = "Weaviate",
+        media_roots: MediaRoots | None = None,
     ) -> None:
         self._connect = connect
         self._client = None
@@ -161,6 +188,7 @@ class SearchService:
         self.default_collection = default_collection
         self._consistency = consistency_level
         self._where = where
+        self.media_roots = media_roots or MediaRoots()  # --media-root, for every collection
         self._layouts: dict[str, Layout] = {}
         self._cache = BlobCache()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="ib-search-media")
@@ -210,16 +238,23 @@ class SearchService:
         self._forget_client()
 
     def collection(self, name: str):
+        check_collection_name(name)
         try:
             return self._weaviate(lambda: open_collection(self.client(), name, self._consistency))
         except NoSuchCollection as err:
             raise ApiError(404, str(err)) from None
 
     def layout(self, name: str) -> Layout:
-        if name not in self._layouts:
+        """The collection's layout, read again after LAYOUT_SECONDS (a new ingest adds roots)."""
+        check_collection_name(name)
+        known = self._layouts.get(name)
+        if known is None or time.monotonic() - known.read_at > LAYOUT_SECONDS:
             collection = self.collection(name)
-            self._layouts[name] = self._weaviate(lambda: read_layout(collection))
-        return self._layouts[name]
+            self._layouts[name] = known = self._weaviate(lambda: read_layout(collection))
+        return known
+
+    def roots(self, layout: Layout) -> MediaRoots:
+        return layout.media_roots | self.media_roots
 
     # -- answers ---------------------------------------------------------------------------------
 
@@ -287,7 +322,7 @@ class SearchService:
 
     def _with_media(self, name: str, layout: Layout, hits: list[dict]) -> list[dict]:
         """Each hit as the page shows it: ids, distance, properties and its media."""
-        present = list(self._pool.map(lambda hit: self._blobs(name, layout, hit["id"]), hits))
+        shown = list(self._pool.map(lambda hit: self._shown(name, layout, hit), hits))
         return [
             {
                 "id": hit["id"],
@@ -295,13 +330,47 @@ class SearchService:
                 "parent_id": hit["properties"].get(PARENT_ID),
                 "distance": hit["distance"],
                 "properties": hit["properties"],
-                "media": _media_entries(name, layout, hit, blobs),
+                "media": _media_entries(name, layout, hit, media),
             }
-            for hit, blobs in zip(hits, present, strict=True)
+            for hit, media in zip(hits, shown, strict=True)
         ]
 
+    def _shown(self, name: str, layout: Layout, hit: dict) -> dict[str, Shown]:
+        """Each media field a hit has, checked as the media endpoint would check it, so the page
+        can say why one is not shown instead of showing a broken player."""
+        blobs = self._blobs(name, layout, hit["id"])
+        shown: dict[str, Shown] = {}
+        for field in layout.fields:
+            what = f"{field.name} of object {hit['id']}"
+            if field.name in blobs:
+                kind = blobs[field.name]
+                refused = None if kind else f"{what}: {_NOT_MEDIA}"
+                shown[field.name] = Shown(kind or "", refused=refused)
+                continue
+            uri = hit["properties"].get(field.uri_property) if field.uri_property else None
+            if not isinstance(uri, str) or not uri:
+                continue
+            try:
+                found = self._stored_uri(layout, f"{field.uri_property} of object {hit['id']}", uri)
+            except ApiError as err:
+                shown[field.name] = Shown(uri=uri, refused=err.message)
+                continue
+            if found.file is not None:
+                found.file.close()
+            shown[field.name] = Shown(found.content_type, uri=uri)
+        return shown
+
+    def _stored_uri(self, layout: Layout, what: str, uri: str) -> Media:
+        """The media a stored URI names, checked against the collection's media roots."""
+        roots = self.roots(layout)
+        if is_web_url(uri):
+            return Media("", url=allowed_url(uri, roots, what))
+        found = open_media_file(uri, roots, what)
+        return Media(found.content_type, file=found)
+
     def _blobs(self, name: str, layout: Layout, uuid: str) -> dict[str, str]:
-        """The BLOB fields ``uuid`` holds, with their content types (bytes kept in the cache)."""
+        """The BLOB fields ``uuid`` holds, with their content types ("" when the bytes are not
+        media the page shows); the bytes are kept in the cache."""
         fields = [f.name for f in layout.fields if f.name in layout.blobs]
         missing = [f for f in fields if not self._cache.get((name, uuid, f))[0]]
         if missing:
@@ -317,26 +386,29 @@ class SearchService:
         for field in fields:
             data = self._cache.get((name, uuid, field))[1]
             if data:
-                kinds[field] = content_type(data) or "application/octet-stream"
+                kinds[field] = content_type(data) or ""
         return kinds
 
     def media(self, name: str, uuid: str, field_name: str, thumbnail: bool = False) -> Media:
-        """The stored media of one field: its bytes, the file its URI names, or the URI."""
+        """The stored media of one field: its bytes, the file its URI names, or the URI (only
+        ever media inside the collection's roots, of a type the page shows)."""
         layout = self.layout(name)
         field = layout.field(field_name)
         if field.modality is Modality.TEXT:
             raise ApiError(404, f"{field_name!r} holds text, not media")
         _check_uuid(uuid)
+        thumbnail = thumbnail and field.modality in PICTURES
         if field.name in layout.blobs:
             kinds = self._blobs(name, layout, uuid)
             if field.name in kinds:
+                if not kinds[field.name]:
+                    raise ApiError(415, f"{field.name} of object {uuid}: {_NOT_MEDIA}")
                 data = self._cache.get((name, uuid, field.name))[1]
                 if data is None:  # dropped from the cache since: read it again
                     self._blobs(name, layout, uuid)
                     data = self._cache.get((name, uuid, field.name))[1] or b""
-                if thumbnail and field.modality in PICTURES:
-                    return self._thumbnail(name, uuid, field.name, data)
-                return Media(kinds[field.name], data=data)
+                media = Media(kinds[field.name], data=data)
+                return self._thumbnail(name, uuid, field.name, media) if thumbnail else media
         if field.uri_property:
             collection = self.collection(name)
             found = self._weaviate(
@@ -345,38 +417,73 @@ class SearchService:
                 )
             )
             uri = found.properties.get(field.uri_property) if found is not None else None
-            if uri:
-                found = _media_at(uri)
-                if thumbnail and field.modality in PICTURES and found.path is not None:
-                    return self._thumbnail(name, uuid, field.name, found.path.read_bytes())
-                return found
+            if uri and isinstance(uri, str):
+                what = f"{field.uri_property} of object {uuid}"
+                media = self._stored_uri(layout, what, uri)
+                if thumbnail and media.file is not None:
+                    return self._thumbnail(name, uuid, field.name, media)
+                return media
         raise ApiError(404, f"object {uuid} has no {field_name!r} media")
 
-    def _thumbnail(self, name: str, uuid: str, field: str, data: bytes) -> Media:
-        key = (name, uuid, field, "thumbnail")
+    def _thumbnail(self, name: str, uuid: str, field_name: str, media: Media) -> Media:
+        """A small PNG of ``media``, or ``media`` itself when it is small or Pillow cannot
+        read it (the browser may)."""
+        key = (name, uuid, field_name, "thumbnail")
         hit, small = self._cache.get(key)
         if not hit:
-            small = make_thumbnail(data)
+            what = f"{field_name} of object {uuid}"
+            try:
+                if media.file is not None:
+                    with media.file.reader() as stream:
+                        small = make_thumbnail(stream, what)
+                else:
+                    small = make_thumbnail(media.data or b"", what)
+            except BaseException:
+                if media.file is not None:
+                    media.file.close()
+                raise
             self._cache.put(key, small)
-        if small is None:  # small already, or Pillow cannot read it (the browser may)
-            return Media(content_type(data) or "application/octet-stream", data=data)
+        if small is None:
+            return media
+        if media.file is not None:
+            media.file.close()
         return Media("image/png", data=small)
 
 
-def make_thumbnail(data: bytes, size: int = THUMBNAIL_PX) -> bytes | None:
-    """A PNG at most ``size`` pixels on a side (a 12 MP photo is not sent whole to a grid)."""
+_NOT_MEDIA = "its bytes are not media the page shows (an image, audio, video or IMU file)"
+
+
+def make_thumbnail(source: bytes | BinaryIO, what: str, size: int = THUMBNAIL_PX) -> bytes | None:
+    """A PNG at most ``size`` pixels on a side (a 12 MP photo is not sent whole to a grid).
+
+    None when the image is small already or Pillow cannot read it. The image's
+    size is read from its header and bounded before anything is decoded: a
+    source that would decode to more than MAX_THUMBNAIL_SOURCE_PIXELS is
+    ApiError 413 (``what`` names it).
+    """
     from PIL import Image, UnidentifiedImageError
 
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    too_large = (
+        f"{what}: the image is too large to thumbnail (over {MAX_THUMBNAIL_SOURCE_PIXELS:,} "
+        "pixels when decoded"
+    )
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(stream) as image:
             if max(image.size) <= size:
                 return None  # small already: sent as it is
+            image.draft(None, (size, size))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale
+            width, height = image.size
+            if width * height > MAX_THUMBNAIL_SOURCE_PIXELS:
+                raise ApiError(413, f"{too_large}: {width}×{height})")
             image.thumbnail((size, size))
             if image.mode not in ("RGB", "RGBA", "L", "LA"):
                 image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
             out = io.BytesIO()
             image.save(out, format="PNG", optimize=False)
             return out.getvalue()
+    except Image.DecompressionBombError:  # Pillow's own bound, past 2 × 89 MP
+        raise ApiError(413, f"{too_large})") from None
     except (UnidentifiedImageError, OSError, ValueError):
         return None
 
@@ -399,8 +506,9 @@ class SearchRequest:
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         collection = body.get("collection")
-        if not isinstance(collection, str) or not collection:
+        if collection in (None, ""):
             raise ApiError(400, "'collection' is missing: name the collection to search")
+        check_collection_name(collection)
         given = [k for k in ("text", "media", "near_id") if body.get(k) not in (None, "")]
         if len(given) != 1:
             raise ApiError(
@@ -409,17 +517,19 @@ class SearchRequest:
                 + (f" (got {', '.join(given)})" if given else ""),
             )
         kind, value = _query(given[0], body)
-        filter_ = body.get("filter") or {}
+        filter_ = {} if body.get("filter") is None else body["filter"]
         if not isinstance(filter_, dict):
             raise ApiError(400, "'filter' must be an object: {modality, property, value}")
-        modality = filter_.get("modality") or None
+        modality = _text(filter_, "modality", "filter: 'modality'")
         if modality is not None:
             try:
-                modality = Modality.parse(str(modality)).label
+                modality = Modality.parse(modality).label
             except ValueError as err:
                 raise ApiError(400, f"filter: {err}") from None
-        prop = filter_.get("property") or None
+        prop = _text(filter_, "property", "filter: 'property'")
         value_filter = filter_.get("value")
+        if isinstance(value_filter, dict | list):
+            raise ApiError(400, "filter: 'value' must be text, a number or a boolean")
         if prop is not None and value_filter in (None, ""):
             raise ApiError(400, f"filter: give a value for property {prop!r}")
         return cls(
@@ -493,6 +603,16 @@ def _query(key: str, body: dict) -> tuple[str, str | bytes]:
     return modality.label, data
 
 
+def _text(body: dict, key: str, name: str) -> str | None:
+    """``body[key]`` when it is a non-empty string; None when absent or empty; else 400."""
+    value = body.get(key)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string, not {type(value).__name__}")
+    return value
+
+
 def _integer(body: dict, key: str, default: int, low: int, high: int) -> int:
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -529,7 +649,8 @@ def _blob_bytes(value: Any) -> bytes | None:
         return None
 
 
-def _media_entries(name: str, layout: Layout, hit: dict, blobs: dict[str, str]) -> list[dict]:
+def _media_entries(name: str, layout: Layout, hit: dict, media: dict[str, Shown]) -> list[dict]:
+    """The hit's media as the page lists them: a ``url`` to load, or ``refused`` saying why not."""
     properties = hit["properties"]
     start, end = properties.get("segment_start_s"), properties.get("segment_end_s")
     entries = []
@@ -539,32 +660,17 @@ def _media_entries(name: str, layout: Layout, hit: dict, blobs: dict[str, str]) 
             if properties.get(field.name):
                 entries.append({**entry, "text": properties[field.name]})
             continue
-        if field.name in blobs:
-            entry["content_type"] = blobs[field.name]
-        elif field.uri_property and properties.get(field.uri_property):
-            uri = properties[field.uri_property]
-            entry["content_type"] = mimetypes.guess_type(urlparse(uri).path)[0] or ""
-            entry["uri"] = uri
-        else:
+        shown = media.get(field.name)
+        if shown is None:
             continue
-        entry["url"] = f"/api/media/{name}/{hit['id']}/{field.name}"
+        entry["content_type"] = shown.content_type
+        if shown.uri is not None:
+            entry["uri"] = shown.uri
+        if shown.refused is not None:
+            entry["refused"] = shown.refused
+        else:
+            entry["url"] = f"/api/media/{name}/{hit['id']}/{field.name}"
         if start is not None and end is not None:
             entry["start"], entry["end"] = start, end
         entries.append(entry)
     return entries
-
-
-def _media_at(uri: str) -> Media:
-    """A stored URI as a response: a local file is sent, an http(s) URL redirected to."""
-    parsed = urlparse(uri)
-    guessed = mimetypes.guess_type(parsed.path)[0] or "application/octet-stream"
-    if parsed.scheme in ("http", "https"):
-        return Media(guessed, url=uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
-        if not path.is_file():
-            raise ApiError(404, f"the stored file {uri} is not there any more")
-        with path.open("rb") as head:
-            sniffed = content_type(head.read(4096))
-        return Media(sniffed or guessed, path=path)
-    raise ApiError(404, f"cannot serve {parsed.scheme}:// media ({uri}) from this page")

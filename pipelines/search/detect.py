@@ -1,17 +1,43 @@
-"""What kind of file a user dropped on the search page, told from its bytes.
+"""What kind of file a user dropped on the search page, or a stored media is, told from its bytes.
 
 The browser's idea of a file type comes from its name; the bytes are what the
 model will read, so they decide. Depth and thermal maps are ordinary images to
 any sniffer: the page lets the user pick those.
+
+``MEDIA_TYPES`` is also what the page may serve: stored media whose bytes
+match none of these is never sent, whatever its name says (no HTML, SVG,
+scripts or text other than an IMU CSV).
 """
 
 from __future__ import annotations
 
 from ib_vectorizer.modalities import Modality
 
+MEDIA_TYPES = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/bmp",
+        "image/tiff",
+        "image/webp",
+        "audio/wav",
+        "audio/flac",
+        "audio/ogg",
+        "audio/mpeg",
+        "audio/mp4",
+        "video/mp4",
+        "video/quicktime",
+        "video/webm",
+        "text/csv",  # an IMU recording
+        "application/x-npy",  # an IMU recording
+    }
+)
+SNIFF_BYTES = 4096  # what content_type reads (the CSV check looks at a few lines)
+
 
 def content_type(data: bytes) -> str | None:
-    """The MIME type of ``data`` by its magic bytes; None when unknown."""
+    """The MIME type of ``data`` by its magic bytes, one of MEDIA_TYPES; None when unknown."""
     head = data[:64]
     if head.startswith(b"\xff\xd8\xff"):
         return "image/jpeg"
@@ -40,6 +66,8 @@ def content_type(data: bytes) -> str | None:
         return "video/quicktime" if brand == b"qt  " else "video/mp4"
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "video/webm"
+    if head.startswith(b"\x93NUMPY"):
+        return "application/x-npy"
     if looks_like_csv(data):
         return "text/csv"
     return None
@@ -48,7 +76,7 @@ def content_type(data: bytes) -> str | None:
 def looks_like_csv(data: bytes) -> bool:
     """Comma-separated numbers under an optional header: an IMU recording."""
     try:
-        text = data[:4096].decode("utf-8")
+        text = data[:SNIFF_BYTES].decode("utf-8")
     except UnicodeDecodeError:
         return False
     lines = [line for line in text.splitlines()[:6] if line.strip()]
@@ -74,10 +102,11 @@ def detect_modality(data: bytes) -> Modality:
     Raises ValueError naming what was found when no modality reads it.
     """
     kind = content_type(data)
-    if kind == "text/csv":
+    if kind in ("text/csv", "application/x-npy"):
         return Modality.IMU
     if kind is not None and kind.split("/")[0] in MODALITY_OF_TYPE:
         return MODALITY_OF_TYPE[kind.split("/")[0]]
     raise ValueError(
-        "not an image, audio, video or IMU CSV file (its first bytes match no supported format)"
+        "not an image, audio, video or IMU (CSV or .npy) file (its first bytes match no "
+        "supported format)"
     )

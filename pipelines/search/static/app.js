@@ -218,12 +218,17 @@ function mediaView(entry, name) {
   const range = entry.start !== undefined ? `#t=${entry.start},${entry.end}` : "";
   if (entry.modality === "text") {
     box.append(element("p", { className: "text", text: entry.text }));
+  } else if (entry.refused) {
+    // The server will not send it (outside the media roots, not media): say why.
+    box.append(element("p", { className: "refused", text: entry.refused }));
   } else if (PICTURES.has(entry.modality)) {
     box.append(element("img", { src: `${entry.url}?thumb=1`, alt: `${entry.modality} of ${name}`, loading: "lazy" }));
   } else if (entry.modality === "audio") {
     box.append(element("audio", { src: entry.url + range, controls: true, preload: "metadata" }));
   } else if (entry.modality === "video") {
     box.append(element("video", { src: entry.url + range, controls: true, preload: "metadata", muted: true }));
+  } else if (entry.modality === "imu" && entry.content_type === "application/x-npy") {
+    box.append(element("p", { className: "label", text: "an IMU recording (.npy), not plotted" }));
   } else if (entry.modality === "imu") {
     const canvas = element("canvas", { width: 320, height: 120, role: "img", "aria-label": `IMU of ${name}` });
     box.append(canvas);
