@@ -17,8 +17,10 @@ chromium:
 	  else echo "make setup: chromium is missing; install it as root: apt-get install -y chromium" >&2; exit 1; fi; \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
 
-# The real Weaviate server, where weaviate-client's embedded mode finds it:
-# found (instant), else built with `go install`, else the release download.
+# The real Weaviate server, where weaviate-client's embedded mode finds it: our build found
+# (instant), else built from its Go module source with our listen-address edit (seconds with
+# Go's build cache, minutes without), else a binary already there is kept, else the release
+# download (those two run the local stack behind an API key; see docs/local-stack.md).
 weaviate: $(STAMP)
 	$(BIN)/python -m pipelines.provision
 

@@ -1,21 +1,33 @@
 """Provision the Go programs the project runs: Weaviate and Beam's Prism runner.
 
 Both are Go modules, so where there is Go they are built from the Go module
-proxy (the same programs as the release binaries); Go's caches make a second
-build fast. ``make setup`` runs ``python -m pipelines.provision``.
+proxy; Go's caches make a second build fast. ``make setup`` runs
+``python -m pipelines.provision``.
 
 Weaviate goes where weaviate-client's embedded mode finds it.
 
 ``weaviate.connect_to_embedded(version=V)`` runs
 ``<binary_path>/weaviate-v{V}-{sha256("v" + V)}`` and downloads a release
 tarball only when that file is missing. ``make setup`` calls :func:`provision`,
-which puts the binary there by the cheapest route available:
+which puts the binary there by the best route available:
 
-1. it is already there: nothing to do;
-2. Go is installed: ``go install github.com/weaviate/weaviate/cmd/weaviate-server@vV``
-   builds the same program as the release from the Go module proxy (Go's module
-   and build caches make a second build fast);
-3. otherwise: download the release tarball for this OS and CPU.
+1. our build is already there: nothing to do;
+2. Go is installed: Weaviate's module source at the pinned version, from the Go
+   module proxy, with :data:`LISTEN_ADDRESS_EDITS` applied, built with
+   ``go build -trimpath ./cmd/weaviate-server`` (a copy of the module cache's
+   tree, so the cache stays untouched; ``-trimpath`` keeps Go's build cache
+   valid for any copy, so a rebuild takes seconds);
+3. a binary is there already (say, a plain release): it is kept;
+4. otherwise: download the release tarball for this OS and CPU.
+
+Why the edit: Weaviate 1.38 opens its public gRPC API and its internal cluster
+API (the data port) on every interface, with no setting to choose one. The
+edit makes the first listen on ``$GRPC_BIND_ADDR`` and the second on
+``$CLUSTER_BIND_ADDR`` (the address gossip and Raft already use); unset, both
+listen everywhere as upstream does. Our build records itself in a file next to
+the binary (:func:`has_listen_address_edits`); the local stack
+(:mod:`pipelines.stack`) keeps every port on 127.0.0.1 with our build, and
+turns on API-key authentication with any other.
 
 Pinned version: 1.38.11, the newest release we test against. It ships the
 ``multi2vec-bind`` module and the named-vector API
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import platform
 import shutil
@@ -43,10 +56,11 @@ import tempfile
 import time
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 WEAVIATE_VERSION = "1.38.11"
-MODULE = "github.com/weaviate/weaviate/cmd/weaviate-server"
+WEAVIATE_MODULE = "github.com/weaviate/weaviate"
 RELEASES = "https://github.com/weaviate/weaviate/releases/download"
 PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 PRISM_CACHE = Path.home() / ".apache_beam" / "cache" / "prism" / "bin"
@@ -54,6 +68,49 @@ PRISM_CACHE = Path.home() / ".apache_beam" / "cache" / "prism" / "bin"
 
 class ProvisionError(RuntimeError):
     """No route to a Weaviate binary worked; the message says what to install."""
+
+
+class SourceMismatch(ProvisionError):
+    """Weaviate's source is not what our edit expects: the edit needs updating, not a fallback."""
+
+
+@dataclass(frozen=True)
+class SourceEdit:
+    """Replace ``old`` (which must occur exactly once) with ``new`` in one file of the module."""
+
+    path: str
+    old: str
+    new: str
+
+
+# The public gRPC API and the cluster API listen on ":port" upstream (all interfaces).
+LISTEN_ADDRESS_EDITS = (
+    SourceEdit(
+        "adapters/handlers/grpc/server.go",
+        'lis, err := net.Listen("tcp", fmt.Sprintf(":%d",\n'
+        "\t\tstate.ServerConfig.Config.GRPC.Port))",
+        'lis, err := net.Listen("tcp", net.JoinHostPort(os.Getenv("GRPC_BIND_ADDR"),\n'
+        "\t\tstrconv.Itoa(state.ServerConfig.Config.GRPC.Port)))",
+    ),
+    SourceEdit(
+        "adapters/handlers/grpc/server.go",
+        '\t"net"\n\t"strconv"\n',
+        '\t"net"\n\t"os"\n\t"strconv"\n',
+    ),
+    SourceEdit(
+        "adapters/handlers/rest/clusterapi/serve.go",
+        'Addr:      fmt.Sprintf(":%d", port),',
+        "Addr:      net.JoinHostPort(appState.ServerConfig.Config.Cluster.BindAddr, "
+        "fmt.Sprint(port)),",
+    ),
+    SourceEdit(
+        "adapters/handlers/rest/clusterapi/serve.go",
+        '\t"fmt"\n\t"net/http"\n',
+        '\t"fmt"\n\t"net"\n\t"net/http"\n',
+    ),
+)
+# Names our build in the record next to the binary; change it whenever the edits change.
+LISTEN_ADDRESS_BUILD = "listen-address-1"
 
 
 def embedded_binary_dir(env: dict[str, str] | None = None) -> Path:
@@ -74,11 +131,16 @@ def embedded_binary_path(version: str = WEAVIATE_VERSION, directory: Path | None
     return (directory or embedded_binary_dir()) / f"weaviate-{tag}-{digest}"
 
 
-def go_install(module: str, version: str, target: Path) -> None:
-    """``go install module@vversion`` and move the program to ``target``."""
+def _go() -> str:
     go = shutil.which("go")
     if go is None:
         raise ProvisionError("Go is not installed")
+    return go
+
+
+def go_install(module: str, version: str, target: Path) -> None:
+    """``go install module@vversion`` and move the program to ``target``."""
+    go = _go()
     with tempfile.TemporaryDirectory(prefix="go-build-") as gobin:
         env = {**os.environ, "GOBIN": gobin}
         command = [go, "install", f"{module}@v{version}"]
@@ -89,8 +151,80 @@ def go_install(module: str, version: str, target: Path) -> None:
         _install(Path(gobin) / module.rsplit("/", 1)[1], target)
 
 
+def apply_edits(tree: Path, edits: tuple[SourceEdit, ...] = LISTEN_ADDRESS_EDITS) -> None:
+    """Edit a writable copy of Weaviate's source in place; fail if any edit does not fit."""
+    for edit in edits:
+        source = tree / edit.path
+        text = source.read_text() if source.exists() else ""
+        found = text.count(edit.old)
+        if found != 1:
+            raise SourceMismatch(
+                f"{edit.path} has {found} copies of the code our listen-address edit replaces "
+                f"(expected 1): update LISTEN_ADDRESS_EDITS in {__file__} for this Weaviate version"
+            )
+        source.write_text(text.replace(edit.old, edit.new))
+
+
+def module_source(go: str, version: str, work: Path) -> Path:
+    """Weaviate's module source at ``version``, fetched into Go's module cache if needed."""
+    result = subprocess.run(
+        [go, "mod", "download", "-json", f"{WEAVIATE_MODULE}@v{version}"],
+        cwd=work,  # outside any module, so no go.mod around us decides anything
+        env={**os.environ, "GOWORK": "off"},
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise ProvisionError(f"go mod download failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    return Path(json.loads(result.stdout)["Dir"])
+
+
+def writable_copy(source: Path, target: Path) -> None:
+    """Copy a tree from the module cache (read-only files and folders) as plain writable files."""
+    for folder, _, files in os.walk(source):
+        destination = target / Path(folder).relative_to(source)
+        destination.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            shutil.copyfile(Path(folder) / name, destination / name)
+
+
 def build_with_go(version: str, target: Path) -> None:
-    go_install(MODULE, version, target)
+    """Weaviate built from its module source with :data:`LISTEN_ADDRESS_EDITS` applied."""
+    go = _go()
+    with tempfile.TemporaryDirectory(prefix="weaviate-src-") as work:
+        tree = Path(work) / "weaviate"
+        writable_copy(module_source(go, version, Path(work)), tree)
+        apply_edits(tree)
+        program = Path(work) / "weaviate-server"
+        command = [go, "build", "-trimpath", "-o", str(program), "./cmd/weaviate-server"]
+        print(f"provision: building Weaviate v{version} with our edit ...", flush=True)
+        result = subprocess.run(
+            command, cwd=tree, env={**os.environ, "GOWORK": "off"}, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise ProvisionError(f"go build failed:\n{result.stderr[-3000:]}")
+        _install(program, target)
+    _build_record(target).write_text(json.dumps(_fingerprint(target, LISTEN_ADDRESS_BUILD)))
+
+
+def has_listen_address_edits(binary: Path) -> bool:
+    """Whether ``binary`` is our edited build (listens where GRPC_BIND_ADDR and
+    CLUSTER_BIND_ADDR say), as recorded when it was built and unchanged since."""
+    try:
+        recorded = json.loads(_build_record(binary).read_text())
+        return recorded == _fingerprint(binary, LISTEN_ADDRESS_BUILD)
+    except (OSError, ValueError):
+        return False
+
+
+def _build_record(binary: Path) -> Path:
+    return binary.with_name(binary.name + ".build.json")
+
+
+def _fingerprint(binary: Path, build: str) -> dict:
+    """What identifies one binary cheaply: another file put at the path has another size or time."""
+    stat = binary.stat()
+    return {"build": build, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def download_release(version: str, target: Path) -> None:
@@ -120,28 +254,32 @@ def _install(source: Path, target: Path) -> None:
 
 
 def provision(version: str = WEAVIATE_VERSION, directory: Path | None = None) -> tuple[Path, str]:
-    """Make sure the binary exists; returns its path and what was done."""
+    """Make sure the binary exists, our build if Go allows; returns its path and what was done."""
     target = embedded_binary_path(version, directory)
-    if target.exists():
+    if has_listen_address_edits(target):
         return target, "found"
     started = time.perf_counter()
-    failures = []
-    for route, action in (
-        (build_with_go, "built with go install"),
-        (download_release, "downloaded the release"),
-    ):
-        try:
-            route(version, target)
-            return target, f"{action} in {time.perf_counter() - started:.0f} s"
-        except ProvisionError as err:
-            failures.append(str(err))
-    raise ProvisionError(
-        "could not provision Weaviate v"
-        + version
-        + ": "
-        + "; ".join(failures)
-        + ". Install Go 1.26+ (https://go.dev/dl) or allow downloads from GitHub, "
-        "then run `make setup` again."
+    try:
+        build_with_go(version, target)
+        return target, f"built with our edit in {time.perf_counter() - started:.0f} s"
+    except SourceMismatch:
+        raise
+    except ProvisionError as err:
+        go_failure = str(err)
+    if target.exists():
+        return target, (
+            f"found, not our build ({go_failure}): the local stack will require an API key"
+        )
+    try:
+        download_release(version, target)
+    except ProvisionError as err:
+        raise ProvisionError(
+            f"could not provision Weaviate v{version}: {go_failure}; {err}. Install Go 1.26+ "
+            "(https://go.dev/dl) or allow downloads from GitHub, then run `make setup` again."
+        ) from None
+    return target, (
+        f"downloaded the release in {time.perf_counter() - started:.0f} s ({go_failure}): "
+        "the local stack will require an API key"
     )
 
 

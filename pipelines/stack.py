@@ -11,38 +11,61 @@ Weaviate runs from the binary weaviate-client's embedded mode uses
 (``make setup`` provisions it; see :mod:`pipelines.provision`), with the
 embedded mode's settings, except that the cluster host name is fixed so the
 data directory survives restarts on new ports.
+
+Everything listens on 127.0.0.1 unless ``host`` says otherwise, and then only
+Weaviate's HTTP and gRPC APIs follow it, behind an API key: gossip, Raft and
+the cluster API carry no client traffic and stay on loopback, the profiler is
+off, and the inference server only answers Weaviate. A Weaviate binary that is
+not our build (it cannot keep gRPC and the cluster API on loopback) runs with
+an API key too. ``docs/local-stack.md`` has the table of ports.
+
+A part that dies (a crash, the OOM killer) is started again on its ports and
+data by :meth:`LocalStack.supervise`, which ``ib-stack`` calls every second.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ib_vectorizer.options import ModelOptions, add_flags, as_env, from_sources
 from ib_vectorizer.server_process import (
+    READY_PATH,
     ServerProcess,
     ServerStartError,
     die_with_parent,
     free_ports,
+    http_status,
     tail,
     wait_until_answered,
 )
 
 from .command import CommandError, CommandParser, check_checkpoint, console_logging, fail
-from .provision import WEAVIATE_VERSION, embedded_binary_path
+from .provision import WEAVIATE_VERSION, embedded_binary_path, has_listen_address_edits
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 30.0
+LOOPBACK = "127.0.0.1"
+API_KEY_USER = "ib-stack"  # the user Weaviate names for the stack's API key
+# Waits before each restart of a part that keeps dying within STABLE_S of its start;
+# one more such death and it is not started again (a crash loop helps nobody).
+RESTART_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
+STABLE_S = 60.0
 
 
 class StackError(RuntimeError):
@@ -53,6 +76,24 @@ def default_data_dir(env: dict[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     base = Path(env["XDG_DATA_HOME"]) if env.get("XDG_DATA_HOME") else Path.home() / ".local/share"
     return base / "ib_vectorizer" / "stack"
+
+
+def check_host(host: str, api_key: str | None) -> None:
+    """``host`` is an IPv4 address; one beyond loopback only with an API key."""
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise StackError(
+            f"--host {host!r} is not an IPv4 address: give 127.0.0.1 (the default), "
+            "0.0.0.0 (every interface) or one of this machine's addresses"
+        ) from None
+    if not address.is_loopback and not api_key:
+        raise StackError(
+            f"--host {host} lets other machines reach Weaviate: give it an API key "
+            "with --api-key KEY or $WEAVIATE_API_KEY"
+        )
+    if api_key is not None and (not api_key or "," in api_key or api_key != api_key.strip()):
+        raise StackError("the API key must be non-empty, without commas or surrounding spaces")
 
 
 def free_port_block(size: int, avoid: set[int] = frozenset(), attempts: int = 50) -> int:
@@ -69,7 +110,7 @@ def free_port_block(size: int, avoid: set[int] = frozenset(), attempts: int = 50
             for port in range(first, first + size):
                 sock = socket.socket()
                 sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
+                sock.bind((LOOPBACK, port))
             return first
         except OSError:
             continue
@@ -85,7 +126,6 @@ class NodePorts:
 
     http: int
     grpc: int
-    profiling: int
     gossip: int
 
     @property
@@ -101,7 +141,7 @@ class NodePorts:
         return self.gossip + 3
 
     def all(self) -> set[int]:
-        return {self.http, self.grpc, self.profiling, *range(self.gossip, self.gossip + 4)}
+        return {self.http, self.grpc, *range(self.gossip, self.gossip + 4)}
 
 
 @dataclass(frozen=True)
@@ -112,6 +152,9 @@ class NodeEndpoint:
     http: str
     grpc_port: int
     pid: int
+
+    def line(self) -> str:
+        return f"{self.http} grpc {urlparse(self.http).hostname}:{self.grpc_port} pid {self.pid}"
 
 
 @dataclass(frozen=True)
@@ -129,23 +172,31 @@ class Endpoints:
         """What a Weaviate client needs, one line each: node 1, the vectorizer, every node."""
         lines = [
             f"weaviate http: {self.weaviate_http}",
-            f"weaviate grpc: 127.0.0.1:{self.weaviate_grpc_port}",
+            f"weaviate grpc: {urlparse(self.weaviate_http).hostname}:{self.weaviate_grpc_port}",
             f"vectorizer: {self.vectorizer}",
         ]
         for number, node in enumerate(self.nodes, start=1):
-            where = f"{node.http} grpc 127.0.0.1:{node.grpc_port}"
-            lines.append(f"weaviate node {number}: {where} pid {node.pid}")
+            lines.append(f"weaviate node {number}: {node.line()}")
         return lines
 
 
 class WeaviateNode:
-    """One Weaviate process of the stack: its name, ports, data directory and log."""
+    """One Weaviate process of the stack: its name, ports, data directory and log.
 
-    def __init__(self, name: str, ports: NodePorts, data_path: Path, log_path: Path) -> None:
+    Its HTTP and gRPC APIs listen on ``host``; clients on this machine reach them
+    at :attr:`address` (127.0.0.1 when ``host`` is 0.0.0.0).
+    """
+
+    home = "on its ports and data"  # where a restart brings it back
+
+    def __init__(
+        self, name: str, ports: NodePorts, data_path: Path, log_path: Path, host: str = LOOPBACK
+    ) -> None:
         self.name = name
         self.ports = ports
         self.data_path = data_path
         self.log_path = log_path
+        self.host = host
         self.process: subprocess.Popen | None = None
 
     @property
@@ -154,15 +205,25 @@ class WeaviateNode:
         return self.log_path.stem
 
     @property
+    def address(self) -> str:
+        return LOOPBACK if self.host == "0.0.0.0" else self.host
+
+    @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.http}"
+        return f"http://{self.address}:{self.ports.http}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
 
     def endpoint(self) -> NodeEndpoint:
-        pid = self.process.pid if self.process is not None else 0
-        return NodeEndpoint(self.name, self.http_url, self.ports.grpc, pid)
+        return NodeEndpoint(self.name, self.http_url, self.ports.grpc, self.pid)
+
+    def describe(self) -> str:
+        return self.endpoint().line()
 
     def start(self, binary: Path, env: dict[str, str]) -> None:
-        command = [str(binary), "--host", "127.0.0.1", "--port", str(self.ports.http)]
+        command = [str(binary), "--host", self.host, "--port", str(self.ports.http)]
         command += ["--scheme", "http", "--read-timeout=600s", "--write-timeout=600s"]
         with self.log_path.open("ab") as log_file:  # the child has its own copy
             self.process = subprocess.Popen(
@@ -186,6 +247,14 @@ class WeaviateNode:
         except ServerStartError as err:
             raise StackError(str(err)) from None
 
+    def answers_ready(self) -> bool:
+        status = http_status(f"{self.http_url}/v1/.well-known/ready", timeout=1.0)
+        return (status or 0) // 100 == 2
+
+    def exit_code(self) -> int | None:
+        """None while it runs (or before it first started)."""
+        return None if self.process is None else self.process.poll()
+
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -208,6 +277,72 @@ class WeaviateNode:
             process.wait()
 
 
+class Vectorizer:
+    """Our inference server as a part of the stack: one port for its whole life, restarts too."""
+
+    label = "vectorizer"
+    home = "on its port"
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.port = port
+        self.url = f"http://{LOOPBACK}:{port}"
+        self.server: ServerProcess | None = None
+
+    @property
+    def pid(self) -> int:
+        process = self.server.process if self.server is not None else None
+        return process.pid if process is not None else 0
+
+    def describe(self) -> str:
+        return f"{self.url} pid {self.pid}"
+
+    def start(self) -> None:
+        self.server = ServerProcess(
+            self.env, log_path=self.log_path, port=self.port, name=self.label
+        ).start()
+
+    def wait_ready(self) -> None:
+        try:
+            self.server.wait_ready()
+        except ServerStartError as err:
+            raise StackError(str(err)) from None
+
+    def answers_ready(self) -> bool:
+        return http_status(self.url + READY_PATH, timeout=1.0) == 204
+
+    def exit_code(self) -> int | None:
+        return None if self.server is None else self.server.exit_code()
+
+    def running(self) -> bool:
+        return self.server is not None and self.server.exit_code() is None
+
+    def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop(STOP_TIMEOUT_S)
+
+
+@dataclass
+class Lifeline:
+    """One part under supervision: how to start it again, and how it has fared since."""
+
+    part: WeaviateNode | Vectorizer
+    launch: Callable[[], None]
+    started_at: float = field(default_factory=time.monotonic)
+    quick_deaths: int = 0  # in a row, each within STABLE_S of a start
+    restart_due: float | None = None  # set while it is dead and waiting for its restart
+    starting: bool = False  # restarted, not yet answering
+    abandoned: bool = False
+
+    def launched(self) -> None:
+        self.launch()
+        self.started_at = time.monotonic()
+        self.restart_due = None
+        self.starting = True
+
+
 class LocalStack:
     """``with LocalStack(data_dir, ModelOptions(...), nodes=3) as stack: stack.client()``
 
@@ -217,6 +352,10 @@ class LocalStack:
     node in ``RAFT_JOIN``); each has ``multi2vec-bind`` pointed at our one
     inference server. A cluster keeps its ports in ``cluster/layout.json`` of
     the data directory, so a restart brings the same cluster back.
+
+    ``host`` is where Weaviate's HTTP and gRPC APIs listen (127.0.0.1 unless
+    given; another address needs ``api_key``). :attr:`api_key` is the key
+    Weaviate requires after :meth:`start`, or None when it needs none.
     """
 
     def __init__(
@@ -227,17 +366,23 @@ class LocalStack:
         weaviate_version: str = WEAVIATE_VERSION,
         weaviate_binary: Path | None = None,
         nodes: int = 1,
+        host: str = LOOPBACK,
+        api_key: str | None = None,
     ) -> None:
         if nodes < 1:
             raise StackError(f"a stack needs at least one Weaviate node, not {nodes}")
+        check_host(host, api_key)
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.model = model or ModelOptions()
         self.vectorizer_env = vectorizer_env or {}
         self.weaviate_binary = weaviate_binary or embedded_binary_path(weaviate_version)
         self.node_count = nodes
+        self.host = host
+        self.api_key = api_key
         self.nodes: list[WeaviateNode] = []
         self.endpoints: Endpoints | None = None
-        self._vectorizer: ServerProcess | None = None
+        self._vectorizer: Vectorizer | None = None
+        self._lifelines: list[Lifeline] = []
 
     # ------------------------------------------------------------------ life cycle
 
@@ -248,18 +393,35 @@ class LocalStack:
                 "(or `python -m pipelines.provision`) to provision it"
             )
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if not has_listen_address_edits(self.weaviate_binary):
+            if self.api_key is None:
+                self.api_key = self._stored_api_key()
+                which = f"the API key in {self.api_key_path}"
+            else:
+                which = "the API key given"
+            log.warning(
+                "%s is not our build: its gRPC and cluster APIs listen on every interface, so "
+                "Weaviate requires %s (`make setup` with Go builds one that keeps them on "
+                "127.0.0.1)",
+                self.weaviate_binary,
+                which,
+            )
         try:
             self.nodes = self._plan_nodes()
             taken = set().union(*(node.ports.all() for node in self.nodes))
-            vectorizer = self._start_vectorizer(free_port_block(1, taken))
+            self._vectorizer = self._new_vectorizer(free_port_block(1, taken))
+            self._vectorizer.start()
+            self._vectorizer.wait_ready()
             for node in self.nodes:
-                self._start_node(node, vectorizer)
+                self._start_node(node)
             for node in self.nodes:  # they start together: Raft waits for all of them
                 node.wait_ready()
         except BaseException:
             self.stop()
             raise
-        self.endpoints = self._endpoints(vectorizer)
+        self._lifelines = [Lifeline(node, partial(self._start_node, node)) for node in self.nodes]
+        self._lifelines.append(Lifeline(self._vectorizer, self._vectorizer.start))
+        self.endpoints = self._endpoints()
         log.info("stack ready: %s", "; ".join(self.endpoints.lines()))
         return self.endpoints
 
@@ -269,8 +431,67 @@ class LocalStack:
             node.stop()
         vectorizer, self._vectorizer = self._vectorizer, None
         if vectorizer is not None:
-            vectorizer.stop(STOP_TIMEOUT_S)
+            vectorizer.stop()
+        self._lifelines = []
         self.endpoints = None
+
+    def supervise(self) -> str | None:
+        """Start again, each after its wait, the parts that died; say why the stack cannot go on.
+
+        Returns None while it can; a reason once every Weaviate node, or the
+        vectorizer, kept dying (see RESTART_DELAYS_S). Call it about once a
+        second from the thread that started the stack: children get SIGTERM
+        when the thread that started them ends.
+        """
+        if self.endpoints is None:
+            raise StackError("the stack is not running")
+        now = time.monotonic()
+        for life in self._lifelines:
+            part = life.part
+            if life.abandoned:
+                continue
+            if life.restart_due is not None:
+                if now >= life.restart_due:
+                    try:
+                        life.launched()
+                    except (OSError, ServerStartError) as err:
+                        self._note_death(life, f"could not start again: {err}", now)
+                    else:
+                        log.info("%s restarted (pid %d)", part.label, part.pid)
+                continue
+            code = part.exit_code()
+            if code is not None:
+                output = "" if code < 0 else f"; its log ends with:\n{tail(part.log_path, 3)}"
+                self._note_death(life, f"pid {part.pid} exited, {exit_reason(code)}", now, output)
+            elif life.starting and part.answers_ready():
+                life.starting = False
+                log.info("%s is back: %s", part.label, part.describe())
+        self.endpoints = self._endpoints()
+        nodes = [life for life in self._lifelines if isinstance(life.part, WeaviateNode)]
+        if all(life.abandoned for life in nodes):
+            return "every Weaviate node kept dying"
+        if any(life.abandoned for life in self._lifelines if life not in nodes):
+            return "the vectorizer kept dying"
+        return None
+
+    def _note_death(self, life: Lifeline, how: str, now: float, output: str = "") -> None:
+        """Log how a part died, and either schedule its restart or give it up."""
+        quick = now - life.started_at < STABLE_S
+        life.quick_deaths = life.quick_deaths + 1 if quick else 1
+        life.starting = False
+        label = life.part.label
+        if life.quick_deaths > len(RESTART_DELAYS_S):
+            life.abandoned = True
+            log.error(
+                "%s died (%s), %d times in a row within %g s of a start: not starting it again%s",
+                label, how, life.quick_deaths, STABLE_S, output,
+            )  # fmt: skip
+            return
+        delay = RESTART_DELAYS_S[life.quick_deaths - 1]
+        life.restart_due = now + delay
+        log.error(
+            "%s died (%s); restarting it in %g s %s%s", label, how, delay, life.part.home, output
+        )
 
     def kill_node(self, number: int) -> None:
         """``kill -9`` Weaviate node ``number`` (1-based), as a crash would."""
@@ -280,18 +501,12 @@ class LocalStack:
         """Start node ``number`` again on its ports and data, and wait until it is ready."""
         node = self._node(number)
         node.stop()
-        self._start_node(node, self._vectorizer.url)
+        life = next(life for life in self._lifelines if life.part is node)
+        life.abandoned, life.quick_deaths = False, 0
+        life.launched()
         node.wait_ready()
-        self.endpoints = self._endpoints(self._vectorizer.url)
-
-    def exited(self) -> str | None:
-        """The name of a part that has died since start, if any."""
-        for node in self.nodes:
-            if node.process is not None and not node.running():
-                return node.label
-        if self._vectorizer is not None and self._vectorizer.exit_code() is not None:
-            return "vectorizer"
-        return None
+        life.starting = False
+        self.endpoints = self._endpoints()
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -303,21 +518,27 @@ class LocalStack:
     def client(self, node: int = 1):
         """A weaviate-client v4 connection to node ``node`` (1-based; close it when done)."""
         import weaviate
+        from weaviate.classes.init import Auth
 
         if self.endpoints is None:
             raise StackError("the stack is not running")
-        ports = self._node(node).ports
-        return weaviate.connect_to_local(host="127.0.0.1", port=ports.http, grpc_port=ports.grpc)
+        chosen = self._node(node)
+        return weaviate.connect_to_local(
+            host=chosen.address,
+            port=chosen.ports.http,
+            grpc_port=chosen.ports.grpc,
+            auth_credentials=Auth.api_key(self.api_key) if self.api_key else None,
+        )
 
     def pids(self) -> dict[str, int]:
         """The process id of every Weaviate node and of the inference server, while running."""
-        pids = {}
-        for node in self.nodes:
-            if node.running():
-                pids[node.label] = node.process.pid
-        if self._vectorizer is not None and self._vectorizer.process is not None:
-            pids["vectorizer"] = self._vectorizer.process.pid
-        return pids
+        parts = [*self.nodes, *([self._vectorizer] if self._vectorizer else [])]
+        return {part.label: part.pid for part in parts if part.running()}
+
+    @property
+    def api_key_path(self) -> Path:
+        """Where the stack keeps the API key it makes itself (mode 0600)."""
+        return self.data_dir / "api-key"
 
     def log_path(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"
@@ -332,18 +553,33 @@ class LocalStack:
             raise StackError(f"no Weaviate node {number}: the stack has {len(self.nodes)}")
         return self.nodes[number - 1]
 
-    def _endpoints(self, vectorizer: str) -> Endpoints:
+    def _endpoints(self) -> Endpoints:
         first = self.nodes[0]
         nodes = tuple(node.endpoint() for node in self.nodes)
-        return Endpoints(first.http_url, first.ports.grpc, vectorizer, nodes)
+        return Endpoints(first.http_url, first.ports.grpc, self._vectorizer.url, nodes)
+
+    def _stored_api_key(self) -> str:
+        """The data directory's key, made (random, readable by its owner only) the first time."""
+        path = self.api_key_path
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            path.chmod(0o600)
+            key = path.read_text().strip()
+            if not key:
+                raise StackError(f"{path} is empty: remove it, and a new key is made") from None
+            return key
+        with os.fdopen(handle, "w") as key_file:
+            key = secrets.token_urlsafe(32)
+            key_file.write(key + "\n")
+        return key
 
     def _plan_nodes(self) -> list[WeaviateNode]:
         """One node on fresh ports; a cluster on the ports its data directory remembers."""
         if self.node_count == 1:
             ports = fresh_node_ports(set())
-            return [
-                WeaviateNode("node1", ports, self.data_dir / "weaviate", self.log_path("weaviate"))
-            ]
+            path = self.data_dir / "weaviate"
+            return [WeaviateNode("node1", ports, path, self.log_path("weaviate"), self.host)]
         root = self.data_dir / "cluster"
         layout = root / "layout.json"
         if layout.exists():
@@ -353,7 +589,7 @@ class LocalStack:
                     f"{self.data_dir} holds a {saved['nodes']}-node cluster; start it with "
                     f"--nodes {saved['nodes']}, or use another --data-dir"
                 )
-            all_ports = [NodePorts(**ports) for ports in saved["ports"]]
+            all_ports = [NodePorts(p["http"], p["grpc"], p["gossip"]) for p in saved["ports"]]
             busy = sorted(p for ports in all_ports for p in ports.all() if not _port_free(p))
             if busy:
                 raise StackError(
@@ -370,42 +606,54 @@ class LocalStack:
                 json.dumps({"nodes": self.node_count, "ports": [vars(p) for p in all_ports]})
             )
         return [
-            WeaviateNode(f"node{k}", ports, root / f"node{k}", self.log_path(f"weaviate-node{k}"))
+            WeaviateNode(
+                f"node{k}", ports, root / f"node{k}", self.log_path(f"weaviate-node{k}"), self.host
+            )
             for k, ports in enumerate(all_ports, start=1)
         ]
 
-    def _start_vectorizer(self, port: int) -> str:
+    def _new_vectorizer(self, port: int) -> Vectorizer:
         env = {**as_env(self.model), **self.vectorizer_env}
-        self._vectorizer = ServerProcess(
-            env, log_path=self.log_path("vectorizer"), port=port, name="vectorizer"
-        ).start()
-        try:
-            self._vectorizer.wait_ready()
-        except ServerStartError as err:
-            raise StackError(str(err)) from None
-        return self._vectorizer.url
+        return Vectorizer(env, self.log_path("vectorizer"), port)
 
-    def _start_node(self, node: WeaviateNode, inference: str) -> None:
-        node.start(self.weaviate_binary, {**self._weaviate_env(inference), **self._node_env(node)})
+    def _start_node(self, node: WeaviateNode) -> None:
+        node.start(self.weaviate_binary, {**self._weaviate_env(), **self._node_env(node)})
 
-    def _weaviate_env(self, inference: str) -> dict[str, str]:
-        """What every node shares: the module wired to our server, the embedded mode's settings."""
-        return {
+    def _weaviate_env(self) -> dict[str, str]:
+        """What every node shares: the module wired to our server, the embedded mode's settings,
+        the listen addresses, and the API key if there is one."""
+        env = {
             **os.environ,
             "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
             "DEFAULT_VECTORIZER_MODULE": "none",
             "ENABLE_MODULES": "multi2vec-bind",
-            "BIND_INFERENCE_API": inference,
+            "BIND_INFERENCE_API": self._vectorizer.url,
             "CLUSTER_IN_LOCALHOST": "true",
             "RAFT_BOOTSTRAP_EXPECT": str(self.node_count),
             "RAFT_JOIN": ",".join(f"{n.name}:{n.ports.raft}" for n in self.nodes),
             "DISABLE_TELEMETRY": "true",
             "QUERY_DEFAULTS_LIMIT": "20",
             "LOG_LEVEL": os.environ.get("WEAVIATE_LOG_LEVEL", "warning"),
+            # Where gossip, Raft and the cluster API listen, and the public gRPC API; the
+            # cluster API and gRPC follow these in our build only (see pipelines.provision).
+            "CLUSTER_BIND_ADDR": LOOPBACK,
+            "GRPC_BIND_ADDR": self.host,
+            "GO_PROFILING_DISABLE": "true",  # the profiler would listen on every interface
+            "PROMETHEUS_MONITORING_ENABLED": "false",  # so would the metrics endpoint
         }
+        if self.api_key:
+            env |= {
+                "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
+                "AUTHENTICATION_APIKEY_ENABLED": "true",
+                "AUTHENTICATION_APIKEY_ALLOWED_KEYS": self.api_key,
+                "AUTHENTICATION_APIKEY_USERS": API_KEY_USER,
+                "CLUSTER_BASIC_AUTH_USERNAME": API_KEY_USER,
+                "CLUSTER_BASIC_AUTH_PASSWORD": self.api_key,
+            }
+        return env
 
     def _node_env(self, node: WeaviateNode) -> dict[str, str]:
-        """One node's name, ports and data; nodes after the first join the first's gossip."""
+        """One node's name, ports and data; it joins the gossip of every other node running."""
         env = {
             "PERSISTENCE_DATA_PATH": str(node.data_path),
             "GRPC_PORT": str(node.ports.grpc),
@@ -414,20 +662,30 @@ class LocalStack:
             "CLUSTER_DATA_BIND_PORT": str(node.ports.data),
             "RAFT_PORT": str(node.ports.raft),
             "RAFT_INTERNAL_RPC_PORT": str(node.ports.raft_rpc),
-            "PROFILING_PORT": str(node.ports.profiling),
         }
-        if node is not self.nodes[0]:
-            env["CLUSTER_JOIN"] = f"localhost:{self.nodes[0].ports.gossip}"
+        others = [n for n in self.nodes if n is not node and n.running()]
+        if others:
+            env["CLUSTER_JOIN"] = ",".join(f"{LOOPBACK}:{n.ports.gossip}" for n in others)
         return env
+
+
+def exit_reason(code: int) -> str:
+    """A child's exit status as words: ``status 1``, ``killed by SIGKILL``."""
+    if code >= 0:
+        return f"status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def fresh_node_ports(taken: set[int], attempts: int = 50) -> NodePorts:
     """Ports for one Weaviate node, free now and none of them in ``taken``."""
     for _ in range(attempts):
-        http, grpc, profiling = free_ports(3)
-        if not taken & {http, grpc, profiling}:
-            gossip = free_port_block(4, taken | {http, grpc, profiling})
-            return NodePorts(http, grpc, profiling, gossip)
+        http, grpc = free_ports(2)
+        if not taken & {http, grpc}:
+            gossip = free_port_block(4, taken | {http, grpc})
+            return NodePorts(http, grpc, gossip)
     raise StackError("found no free ports for a Weaviate node")
 
 
@@ -436,7 +694,7 @@ def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((LOOPBACK, port))
         except OSError:
             return False
     return True
@@ -449,7 +707,8 @@ def build_parser() -> CommandParser:
     parser = CommandParser(
         prog="ib-stack",
         description="Run our inference server plus a Weaviate wired to it as its multi2vec-bind "
-        "vectorizer, until Ctrl-C or SIGTERM. Prints the endpoints, one per line.",
+        "vectorizer, until Ctrl-C or SIGTERM. Prints the endpoints, one per line. A part that "
+        "dies is started again on its ports and data.",
     )
     parser.add_argument("--data-dir", default=None, help="where Weaviate keeps its data and logs")
     parser.add_argument(
@@ -457,6 +716,18 @@ def build_parser() -> CommandParser:
         type=int,
         default=1,
         help="Weaviate nodes forming one cluster on this host (default 1)",
+    )
+    parser.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help="where Weaviate's HTTP and gRPC APIs listen (default 127.0.0.1; 0.0.0.0: every "
+        "interface); anything beyond loopback needs --api-key",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("WEAVIATE_API_KEY") or None,
+        help="the API key Weaviate then requires (default: $WEAVIATE_API_KEY; none: Weaviate "
+        "answers anyone on this machine)",
     )
     add_flags(parser.add_argument_group("the inference server's model"), ModelOptions)
     return parser
@@ -470,17 +741,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CommandError(f"--nodes must be 1 or more, not {args.nodes}")
         model = from_sources(ModelOptions, args)
         check_checkpoint(model)
+        stack = LocalStack(
+            args.data_dir, model, nodes=args.nodes, host=args.host, api_key=args.api_key
+        )
         # Until both are ready, Ctrl-C interrupts start() itself, which stops what it started.
-        with LocalStack(args.data_dir, model, nodes=args.nodes) as stack:
+        with stack:
             stop = threading.Event()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: stop.set())
             for line in stack.endpoints.lines():
                 print(line, flush=True)
             while not stop.wait(1.0):
-                dead = stack.exited()
-                if dead:
-                    log.error("%s exited; stopping the stack:\n%s", dead, stack.log_tail(dead))
+                problem = stack.supervise()
+                if problem:
+                    log.error("%s; stopping the stack", problem)
                     return 1
             log.info("stopping the stack")
     except (CommandError, StackError, ValueError) as err:
