@@ -18,11 +18,11 @@ from ib_vectorizer.errors import DeadlinePassed, InputError, MediaError, MediaTo
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.preprocess import Preprocessor, audio, text, video
 from ib_vectorizer.preprocess.audio import (
+    ModelRateResampler,
     audio_cost,
     decode_audio,
     load_audio,
     resample_taps,
-    resampled_range,
     resampling_rate,
 )
 from ib_vectorizer.preprocess.limits import MAX_ASPECT_RATIO, DecodeLimits
@@ -134,10 +134,12 @@ def test_resampling_a_range_gives_torchaudios_values_there(rate, channels):
     waveform = torch.from_numpy(np.random.default_rng(rate).standard_normal((channels, 5 * rate)))
     waveform = waveform.float()
     whole = AF.resample(waveform, rate, 16_000)
+    resampler = ModelRateResampler(waveform, rate)
+    assert resampler.length == whole.shape[1]
     for _ in range(5):
         first = rng.randrange(0, whole.shape[1] - 1)
         stop = rng.randrange(first + 1, whole.shape[1] + 100)
-        part = resampled_range(waveform, rate, first, stop)
+        part = resampler.range(first, stop)
         # Equal; where the matrix product picks another kernel for a short input, to rounding.
         torch.testing.assert_close(part, whole[:, first:stop], atol=1e-6, rtol=0)
 

@@ -125,11 +125,10 @@ def audio_input(
     one leaks into the next, as in the reference. Modifies ``waveform`` in
     place when no resampling is needed.
     """
-    source_rate = resampling_rate(sample_rate)
-    length = resampled_length(waveform.shape[1], source_rate)
+    resampler = ModelRateResampler(waveform, resampling_rate(sample_rate))
     clips = []
-    for span_first, span_stop, bounds in clip_spans(clip_bounds(length)):
-        samples = resampled_range(waveform, source_rate, span_first, span_stop)
+    for span_first, span_stop, bounds in clip_spans(clip_bounds(resampler.length)):
+        samples = resampler.range(span_first, span_stop)
         for first, stop in bounds:
             clip = samples[:, first - span_first : stop - span_first]  # a view: leaks, as said
             clip -= clip.mean()
@@ -354,51 +353,56 @@ def resampling_cost(rate: int, channels: int) -> int:
     return resample_taps(source) * _FILTER_BYTES_PER_TAP + clips
 
 
-def resampled_length(length: int, rate: int) -> int:
-    """Samples at 16 kHz of ``length`` samples at ``rate``, as torchaudio counts them."""
-    if rate == AUDIO_SAMPLE_RATE:
-        return length
-    orig, new, _ = _filter_shape(rate)
-    return int(torch.ceil(torch.as_tensor(new * length / orig)).long())
+class ModelRateResampler:
+    """One waveform resampled from ``rate`` to 16 kHz as torchaudio does it, a range at a time.
 
-
-def resampled_range(waveform: torch.Tensor, rate: int, first: int, stop: int) -> torch.Tensor:
-    """Samples ``[first, stop)`` (as far as there are) of ``waveform`` (channels, n) resampled
-    from ``rate`` to 16 kHz.
-
-    The values ``torchaudio.functional.resample`` gives at those positions:
-    output sample j comes from filter phase ``j mod new`` applied at input
-    ``(j div new) · orig − width``, so only the input under the range is
-    convolved. At 16 kHz, a view into ``waveform``.
+    ``range(first, stop)`` gives the values ``torchaudio.functional.resample``
+    gives at those output positions: output sample j comes from filter phase
+    ``j mod new`` applied at input ``(j div new) · orig − width``, so only the
+    input under the range is convolved. The filter is built once for all the
+    ranges (at an odd rate it is the costly part: 11 million coefficients for
+    44056 Hz). At 16 kHz a range is a view into the waveform.
     """
-    if rate == AUDIO_SAMPLE_RATE:
-        return waveform[:, first:stop]
-    stop = min(stop, resampled_length(waveform.shape[1], rate))
-    if stop <= first:
-        return waveform.new_zeros((waveform.shape[0], 0))
-    common = math.gcd(rate, AUDIO_SAMPLE_RATE)
-    orig, new = rate // common, AUDIO_SAMPLE_RATE // common
-    kernel, width = _get_sinc_resample_kernel(
-        rate,
-        AUDIO_SAMPLE_RATE,
-        common,
-        _FILTER_ZEROS,
-        _ROLLOFF,
-        "sinc_interp_hann",
-        None,
-        waveform.device,
-        waveform.dtype,
-    )
-    first_block, stop_block = first // new, -(-stop // new)
-    low = first_block * orig - width
-    high = (stop_block - 1) * orig - width + kernel.shape[-1]
-    length = waveform.shape[1]
-    piece = waveform[:, max(low, 0) : min(high, length)]
-    piece = torch.nn.functional.pad(piece, (max(-low, 0), max(high - length, 0)))
-    blocks = torch.nn.functional.conv1d(piece[:, None], kernel, stride=orig)
-    samples = blocks.transpose(1, 2).reshape(waveform.shape[0], -1)
-    offset = first_block * new
-    return samples[:, first - offset : stop - offset]
+
+    def __init__(self, waveform: torch.Tensor, rate: int) -> None:
+        self.waveform = waveform
+        self.rate = rate
+        self.length = waveform.shape[1]  # of the output
+        if rate == AUDIO_SAMPLE_RATE:
+            return
+        self.orig, self.new, _ = _filter_shape(rate)
+        self.length = int(torch.ceil(torch.as_tensor(self.new * self.length / self.orig)).long())
+        self.kernel, self.width = _get_sinc_resample_kernel(
+            rate,
+            AUDIO_SAMPLE_RATE,
+            math.gcd(rate, AUDIO_SAMPLE_RATE),
+            _FILTER_ZEROS,
+            _ROLLOFF,
+            "sinc_interp_hann",
+            None,
+            waveform.device,
+            waveform.dtype,
+        )
+
+    def range(self, first: int, stop: int) -> torch.Tensor:
+        """Output samples ``[first, stop)``, as far as there are, (channels, n)."""
+        waveform = self.waveform
+        if self.rate == AUDIO_SAMPLE_RATE:
+            return waveform[:, first:stop]
+        stop = min(stop, self.length)
+        if stop <= first:
+            return waveform.new_zeros((waveform.shape[0], 0))
+        orig, new = self.orig, self.new
+        first_block, stop_block = first // new, -(-stop // new)
+        low = first_block * orig - self.width
+        high = (stop_block - 1) * orig - self.width + self.kernel.shape[-1]
+        length = waveform.shape[1]
+        piece = waveform[:, max(low, 0) : min(high, length)]
+        piece = torch.nn.functional.pad(piece, (max(-low, 0), max(high - length, 0)))
+        blocks = torch.nn.functional.conv1d(piece[:, None], self.kernel, stride=orig)
+        samples = blocks.transpose(1, 2).reshape(waveform.shape[0], -1)
+        offset = first_block * new
+        return samples[:, first - offset : stop - offset]
 
 
 def clip_starts(duration: float, clip_seconds: float, clips: int) -> list[Fraction]:
