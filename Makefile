@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test docker-test lint weaviate chromium
+.PHONY: setup test docker-test dist-test lint weaviate chromium
 
 setup: $(STAMP) weaviate chromium
 
@@ -41,6 +41,14 @@ test:
 docker-test: setup
 	$(BIN)/python -m tests.containers.provision
 	$(BIN)/python -m pytest -q tests/containers
+
+# ib-ingest on a real Flink and a real Spark cluster (2 workers each, started and stopped
+# by the tests with ib-runner's code; the engines and Beam's job servers are provisioned
+# into ~/.cache/ib-vectorizer/runners on first use). The figures land in dist-report.md.
+dist-test: setup
+	$(BIN)/python -m pipelines.runners.provision
+	IB_DIST_REPORT=dist-report.md $(BIN)/python -m pytest -q tests/dist
+	@cat dist-report.md
 
 lint:
 	$(BIN)/ruff check ib_vectorizer pipelines tests

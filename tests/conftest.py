@@ -47,17 +47,21 @@ def wire_items(manifest, texts) -> dict[str, list[str]]:
     return fixture_wire_items(manifest, texts)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """Our inference server (tiny model) plus the real Weaviate, one per test module."""
+def tiny_stack(data_dir):
+    """Our inference server (tiny model) plus the real Weaviate: a LocalStack to enter."""
     from ib_vectorizer.options import ModelOptions
     from pipelines.stack import LocalStack
 
     from .server_process import TINY_ENV
 
-    data_dir = tmp_path_factory.mktemp("stack")
     model = ModelOptions(model=TINY_ENV["IB_MODEL"], checkpoint=TINY_ENV["IB_CHECKPOINT"])
-    with LocalStack(data_dir, model) as running:
+    return LocalStack(data_dir, model)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """One stack per test module."""
+    with tiny_stack(tmp_path_factory.mktemp("stack")) as running:
         yield running
 
 
@@ -68,6 +72,6 @@ def client(stack):
     connection.close()
 
 
-# Built and run with Docker by `make docker-test` (which names the folder); not collected
-# by a plain `pytest` or `make test`.
-collect_ignore = ["containers"]
+# Built and run with Docker by `make docker-test`, and on Flink and Spark clusters by
+# `make dist-test` (each names its folder); not collected by a plain `pytest` or `make test`.
+collect_ignore = ["containers", "dist"]

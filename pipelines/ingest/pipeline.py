@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions, add_flags, from_sources
@@ -50,10 +52,18 @@ from .incremental import CONTENT_HASH, DeleteMissing, model_fingerprint, skip_un
 from .inputs import InputSpec, parse_modality_columns, plan_fields
 from .model_handler import EmbeddedObject, ImageBindModelHandler
 from .objects import Failure, object_uuid
-from .progress import COUNTERS, NAMESPACE, JobCounter, ProgressReporter
+from .progress import (
+    COUNTERS,
+    NAMESPACE,
+    WORKERS_NAMESPACE,
+    JobCounter,
+    ProgressReporter,
+    workers_by_stage,
+)
 from .segments import SEGMENTED, is_segmented, parse_rule, segment_properties
 from .server_embed import ServerModelHandler
 from .sources import ReadObjects
+from .tally import CountInto, read_tally, tally_path
 from .write import WeaviateObject, WeaviateTarget, WriteToWeaviate
 
 log = logging.getLogger("ib_ingest")
@@ -148,9 +158,20 @@ class _Combine(beam.DoFn):
         yield to_weaviate_object(embedded.ready, embedded.vectors, self.config)
 
 
-def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget):
-    """Add the ingestion steps to ``pipeline``; returns the PCollection of all failures."""
+def build(
+    pipeline: beam.Pipeline,
+    config: IngestConfig,
+    target: WeaviateTarget,
+    tally: dict[str, list] | None = None,
+):
+    """Add the ingestion steps to ``pipeline``; returns the PCollection of all failures.
+
+    ``tally`` gets the PCollections the summary counts exactly (see :mod:`.tally`).
+    """
+    tally = {} if tally is None else tally
     read = pipeline | "Read" >> ReadObjects(config.spec)
+    tally["read"] = [(1, read.objects)]
+    tally["read_failed"] = [(1, read.failures)]
     # Local embedding preprocesses here, in parallel, with the model's own geometry.
     preprocessor = (
         Preprocessor.for_model(
@@ -165,6 +186,8 @@ def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget)
         ReadFields(config.fingerprint, config.segments)
     ).with_outputs(FAILURES, main="ready")
     todo = fields.ready if config.force else skip_unchanged(fields.ready, target)
+    if not config.force:
+        tally["unchanged"] = [(1, fields.ready), (-1, todo)]
     decoded = todo | "Decode" >> beam.ParDo(
         Decode(preprocessor, target, config.segments, config.model.decode_processes)
     ).with_outputs(FAILURES, main="ready")
@@ -192,8 +215,13 @@ def build(pipeline: beam.Pipeline, config: IngestConfig, target: WeaviateTarget)
         )
         failures.append(combined[FAILURES])
         objects = combined.objects
-    failures.append(objects | "WriteToWeaviate" >> WriteToWeaviate(target, config.batch_size))
-    return tuple(failures) | "AllFailures" >> beam.Flatten()
+        tally["embedded"] = [(1, objects)]
+    write_failures = objects | "WriteToWeaviate" >> WriteToWeaviate(target, config.batch_size)
+    failures.append(write_failures)
+    every_failure = tuple(failures) | "AllFailures" >> beam.Flatten()
+    tally["written"] = [(1, objects), (-1, write_failures)]
+    tally["failed"] = [(1, every_failure), (-1, read.failures)]
+    return every_failure
 
 
 def write_dead_letters(failures, path: str):
@@ -288,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds each segment overlaps the one before (default 0)",
     )
     p.add_argument(
+        "--runner-metrics-url",
+        help="a Flink or Spark UI to read the job's counters from while it runs, for the "
+        "progress line (ib-runner prints it; without it, on those runners, see their UI)",
+    )
+    p.add_argument(
         "--metrics-json",
         help="write the job's counters (and per-modality decode/embed ms) to this JSON file",
     )
@@ -320,13 +353,27 @@ def media_fields(spec: InputSpec, weights: dict[str, float]) -> tuple[MediaField
     return tuple(MediaField(n, m, weights.get(n)) for n, m in sorted(planned.items()))
 
 
-def summarize(result, started: float, dead_letter: str) -> dict[str, int]:
+def summarize(
+    result, started: float, dead_letter: str, exact: dict[str, int] | None = None
+) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Log the closing line; the job's counters, and the work per worker process by stage.
+
+    ``exact`` counts (:mod:`.tally`) replace the runner's counters of the same
+    names, which may count a retried bundle twice.
+    """
     from apache_beam.metrics.metric import MetricsFilter
 
     counts = dict.fromkeys(COUNTERS, 0)  # and the per-modality stage times (progress.StageTime)
-    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-        name = counter.key.metric.name
-        counts[name] = counts.get(name, 0) + (counter.committed or counter.attempted or 0)
+    per_worker: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter())["counters"]:
+        namespace, name = counter.key.metric.namespace, counter.key.metric.name
+        value = counter.committed or counter.attempted or 0
+        if namespace == NAMESPACE:
+            counts[name] = counts.get(name, 0) + value
+        elif namespace == WORKERS_NAMESPACE:
+            per_worker[name] = per_worker.get(name, 0) + value
+    counts.update(exact or {})
+    workers = workers_by_stage(per_worker)
     elapsed = time.perf_counter() - started
     failed = counts["failed"] + counts["read_failed"]
     segments = f" (cut into {counts['segments']} segments)" if counts["segments"] else ""
@@ -344,7 +391,12 @@ def summarize(result, started: float, dead_letter: str) -> dict[str, int]:
         counts["written"] / max(elapsed, 1e-9),
         f"; failures in {dead_letter}" if failed else "",
     )
-    return counts
+    if any(len(processes) > 1 for processes in workers.values()):
+        log.info(
+            "worker processes: %s",
+            ", ".join(f"{stage} {len(processes)}" for stage, processes in sorted(workers.items())),
+        )
+    return counts, workers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -461,17 +513,62 @@ def run(
             segments=rule,
         )
         started = time.perf_counter()
-        pipeline = beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
-        write_dead_letters(build(pipeline, config, target), args.dead_letter)
-        with ProgressReporter(args.progress_seconds):
+        beam_args, job_name = with_job_name(beam_args, args.collection)
+        options = PipelineOptions(beam_args, save_main_session=False)
+        pipeline = beam.Pipeline(options=options)
+        counted: dict[str, list] = {}
+        write_dead_letters(build(pipeline, config, target, counted), args.dead_letter)
+        temp_location = options.view_as(GoogleCloudOptions).temp_location
+        exact_counts = tally_path(temp_location, job_name)
+        _ = pipeline | "Tally" >> CountInto(counted, exact_counts)
+        with ProgressReporter(args.progress_seconds, job_counts(args, beam_args, job_name)):
             result = pipeline.run()
             result.wait_until_finish()
-        counts = summarize(result, started, args.dead_letter)
+        counts, workers = summarize(result, started, args.dead_letter, read_tally(exact_counts))
         if args.metrics_json:
             elapsed = round(time.perf_counter() - started, 3)
             with open(args.metrics_json, "w") as handle:
-                json.dump({"elapsed_s": elapsed, "counters": counts}, handle, indent=1)
+                report = {"elapsed_s": elapsed, "counters": counts, "workers": workers}
+                json.dump(report, handle, indent=1)
     return 0
+
+
+def with_job_name(beam_args: list[str], collection: str) -> tuple[list[str], str]:
+    """Beam's options with a ``--job_name`` (a unique one unless given), and that name.
+
+    The name is how the job's counters are found on a Flink or Spark cluster.
+    """
+
+    given = PipelineOptions(beam_args).view_as(GoogleCloudOptions).job_name
+    if given:
+        return beam_args, given
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    safe = re.sub(r"[^a-z0-9-]+", "-", collection.lower())  # as Dataflow's names must be
+    name = f"ib-ingest-{safe}-{stamp}-{os.urandom(3).hex()}"
+    return [*beam_args, f"--job_name={name}"], name
+
+
+def job_counts(args, beam_args: list[str], job_name: str):
+    """Where the progress line reads the job's counters: None for this process's own.
+
+    In-process runners (Direct, Prism) count here; on a portable runner the
+    counters are the engine's, read through ``--runner-metrics-url``.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    if args.runner_metrics_url:
+        from ..runners.metrics import RunnerMetrics
+
+        metrics = RunnerMetrics(args.runner_metrics_url, job_name)
+        return lambda: metrics.counters(NAMESPACE)
+    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner or "DirectRunner"
+    if runner.removesuffix("Runner").lower() not in ("direct", "prism", "switching"):
+        log.info(
+            "the job runs on %s: its progress shows in that runner's UI, or here with "
+            "--runner-metrics-url (Flink's or Spark's UI)",
+            runner,
+        )
+    return None
 
 
 def fetch_meta(vectorizer: str) -> dict | None:

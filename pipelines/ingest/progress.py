@@ -4,20 +4,29 @@ Every count (``read``, ``decoded``, ``embedded``, ``written``, ``failed``, ...)
 goes to a Beam counter, which the runner aggregates and the closing summary
 reads, and to this process's running totals, which a :class:`ProgressReporter`
 prints while the job runs. With the DirectRunner and Prism the workers run in
-the launching process, so those totals are the job's; on a remote runner each
-worker has its own and the runner's UI shows the job's counters.
+the launching process, so those totals are the job's; on Flink and Spark the
+reporter reads the job's counters from the engine instead
+(:class:`pipelines.runners.metrics.RunnerMetrics`).
+
+Each decode and embed step also counts, per worker process, the work it did
+(namespace ``ib_ingest_workers``, ``<stage> <host>:<pid>``), so a summary can
+say how many processes shared each stage.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
+import socket
 import threading
 import time
+from collections.abc import Callable
 
 import apache_beam as beam
 
 NAMESPACE = "ib_ingest"
+WORKERS_NAMESPACE = "ib_ingest_workers"
 COUNTERS = (
     "listed", "read", "read_failed", "unchanged", "decoded", "segments", "embedded", "written",
     "deleted", "failed",
@@ -55,6 +64,21 @@ class StageTime:
     def add(self, modality_label: str, seconds: float) -> None:
         name = f"{self.stage}_ms_{modality_label}"
         beam.metrics.Metrics.counter(NAMESPACE, name).inc(round(seconds * 1000))
+        beam.metrics.Metrics.counter(WORKERS_NAMESPACE, f"{self.stage} {worker_id()}").inc()
+
+
+def worker_id() -> str:
+    """``host:pid`` of the process running this step."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def workers_by_stage(counters: dict[str, int]) -> dict[str, dict[str, int]]:
+    """``{"decode": {"host:pid": calls, ...}, "embed": {...}}`` from the worker counters."""
+    stages: dict[str, dict[str, int]] = {}
+    for name, calls in counters.items():
+        stage, _, worker = name.partition(" ")
+        stages.setdefault(stage, {})[worker] = calls
+    return stages
 
 
 def totals() -> dict[str, int]:
@@ -101,10 +125,18 @@ def format_seconds(seconds: float) -> str:
 
 
 class ProgressReporter:
-    """Logs :func:`progress_line` every ``every_s`` seconds until stopped."""
+    """Logs :func:`progress_line` every ``every_s`` seconds until stopped.
 
-    def __init__(self, every_s: float) -> None:
+    ``counts`` gives the job's counters now (default: this process's running
+    totals), or None while they are not known; the last known are shown then.
+    """
+
+    def __init__(
+        self, every_s: float, counts: Callable[[], dict[str, int] | None] | None = None
+    ) -> None:
         self.every_s = every_s
+        self._counts = counts or totals
+        self._last = dict.fromkeys(COUNTERS, 0)
         self.started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ib-ingest-progress", daemon=True)
@@ -121,4 +153,7 @@ class ProgressReporter:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
-            log.info(progress_line(totals(), time.perf_counter() - self.started))
+            counts = self._counts()
+            if counts is not None:
+                self._last = dict.fromkeys(COUNTERS, 0) | dict(counts)
+            log.info(progress_line(self._last, time.perf_counter() - self.started))
