@@ -68,7 +68,14 @@ FINAL_STAGE = max(i.stage for i in INSTRUCTIONS)
 
 
 def final(keyword: str) -> list[Instruction]:
-    return [i for i in INSTRUCTIONS if i.keyword == keyword and i.stage == FINAL_STAGE]
+    return in_stage(FINAL_STAGE, keyword)
+
+
+def in_stage(stage: int, keyword: str | None = None) -> list[Instruction]:
+    """A stage's instructions (of one keyword, if given), in order."""
+    return [
+        i for i in INSTRUCTIONS if i.stage == stage and (keyword is None or i.keyword == keyword)
+    ]
 
 
 def stage_names() -> dict[str, int]:
@@ -100,10 +107,13 @@ def arg_defaults() -> dict[str, str]:
     return defaults
 
 
-def image_env() -> dict[str, str]:
-    """The final stage's ENV, as the container sees it (``KEY=VALUE`` form only)."""
+def image_env(stage: int | None = None) -> dict[str, str]:
+    """A stage's ENV (the final one's by default), as the container sees it.
+
+    Only the ``KEY=VALUE`` form; ``$NAME`` in a value is left as written.
+    """
     env: dict[str, str] = {}
-    for i in final("ENV"):
+    for i in in_stage(FINAL_STAGE if stage is None else stage, "ENV"):
         for word in shlex.split(i.args):
             name, sep, value = word.partition("=")
             assert sep, f"ENV {i.args!r}: use the KEY=VALUE form"

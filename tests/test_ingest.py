@@ -116,6 +116,16 @@ def count(client, name: str) -> int:
     return client.collections.get(name).aggregate.over_all(total_count=True).total_count
 
 
+def assert_vectors_like_the_server(stack, collection, dataset, source_ids) -> None:
+    """Each stored vector is the one our inference server computes for that file."""
+    for source_id in source_ids:
+        modality = MODALITY_OF_FOLDER[source_id.split("/")[0]]
+        path = dataset / source_id
+        content = path.read_text() if modality is Modality.TEXT else path.read_bytes()
+        ours = server_vector(stack, modality, content)
+        assert cosine(stored(collection, source_id), ours) >= 0.9999, source_id
+
+
 def read_failures(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -127,12 +137,7 @@ def test_directory_of_all_modalities(stack, client, dataset, tmp_path):
     expected_ids = [*DIRECTORY_FILES, "text/note.txt"]
     assert count(client, "Dir") == len(expected_ids)
     collection = client.collections.get("Dir")
-    for source_id in expected_ids:
-        modality = MODALITY_OF_FOLDER[source_id.split("/")[0]]
-        path = dataset / source_id
-        content = path.read_text() if modality is Modality.TEXT else path.read_bytes()
-        ours = server_vector(stack, modality, content)
-        assert cosine(stored(collection, source_id), ours) >= 0.9999, source_id
+    assert_vectors_like_the_server(stack, collection, dataset, expected_ids)
     photo = collection.query.near_media(
         media=base64.b64encode((dataset / "photos/logo.png").read_bytes()).decode(),
         media_type=NearMediaType.IMAGE,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import time
 
@@ -193,15 +194,27 @@ def test_stop_ends_every_recorded_process_group(tmp_path):
 def test_exact_tally_counts_sums_and_differences(tmp_path):
     import apache_beam as beam
 
-    from pipelines.ingest.tally import CountInto, read_tally, tally_path
+    from pipelines.ingest.tally import CountInto, read_tally
 
-    path = tally_path(str(tmp_path), "job")
+    path = str(tmp_path / "job-tally.csv")
     with beam.Pipeline() as pipeline:
         five = pipeline | "Five" >> beam.Create(range(5))
         two = pipeline | "Two" >> beam.Create(["a", "b"])
         none = pipeline | "None" >> beam.Create([])
         sources = {"read": [(1, five), (1, two)], "unchanged": [(1, five), (-1, two)]}
         _ = pipeline | CountInto(sources | {"failed": [(1, none)]}, path)
-    assert read_tally(path) == {"read": 7, "unchanged": 3, "failed": 0}
-    assert not (tmp_path / "job-tally.json").exists()  # read once, then removed
-    assert read_tally(path) is None
+    names = ["read", "unchanged", "failed"]
+    assert read_tally(path, names) == {"read": 7, "unchanged": 3, "failed": 0}
+    assert not (tmp_path / "job-tally.csv").exists()  # read once, then removed
+    assert read_tally(path, names) is None
+
+
+def test_tally_goes_where_this_process_can_read_it():
+    from pipelines.ingest.tally import tally_folder
+
+    assert tally_folder("gs://bucket/tmp", "DOCKER") == "gs://bucket/tmp"
+    assert tally_folder(None, "DOCKER") is None and tally_folder(None, "external") is None
+    for environment in (None, "PROCESS", "LOOPBACK"):
+        folder = tally_folder(None, environment)
+        assert folder and os.path.isdir(folder)
+        os.rmdir(folder)

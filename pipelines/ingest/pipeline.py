@@ -16,13 +16,19 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+)
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions, add_flags, from_sources
@@ -63,7 +69,7 @@ from .progress import (
 from .segments import SEGMENTED, is_segmented, parse_rule, segment_properties
 from .server_embed import ServerModelHandler
 from .sources import ReadObjects
-from .tally import CountInto, read_tally, tally_path
+from .tally import CountInto, read_tally, tally_folder
 from .write import WeaviateObject, WeaviateTarget, WriteToWeaviate
 
 log = logging.getLogger("ib_ingest")
@@ -518,13 +524,20 @@ def run(
         pipeline = beam.Pipeline(options=options)
         counted: dict[str, list] = {}
         write_dead_letters(build(pipeline, config, target, counted), args.dead_letter)
-        temp_location = options.view_as(GoogleCloudOptions).temp_location
-        exact_counts = tally_path(temp_location, job_name)
-        _ = pipeline | "Tally" >> CountInto(counted, exact_counts)
+        folder = tally_folder(
+            options.view_as(GoogleCloudOptions).temp_location,
+            options.view_as(PortableOptions).environment_type,
+        )
+        tally = FileSystems.join(folder, f"{job_name}-tally.csv") if folder else None
+        if tally:
+            _ = pipeline | "Tally" >> CountInto(counted, tally)
         with ProgressReporter(args.progress_seconds, job_counts(args, beam_args, job_name)):
             result = pipeline.run()
             result.wait_until_finish()
-        counts, workers = summarize(result, started, args.dead_letter, read_tally(exact_counts))
+        exact = read_tally(tally, counted) if tally else None
+        if folder and not options.view_as(GoogleCloudOptions).temp_location:
+            shutil.rmtree(folder, ignore_errors=True)
+        counts, workers = summarize(result, started, args.dead_letter, exact)
         if args.metrics_json:
             elapsed = round(time.perf_counter() - started, 3)
             with open(args.metrics_json, "w") as handle:

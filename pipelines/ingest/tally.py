@@ -10,14 +10,14 @@ job's own PCollections, combined into one small JSON file that the launching
 process reads when the job is over (:func:`read_tally`).
 
 The file lives under Beam's ``--temp_location`` when one is set (a bucket on
-Dataflow, where the workers cannot write to the launcher's disk), else in a
-temporary folder on this machine, which local runners and a local cluster
-share.
+Dataflow), else in a temporary folder on this machine — which only workers
+that share this machine's disk can write: in-process runners and the LOOPBACK
+and PROCESS environments. Workers in containers (DOCKER, EXTERNAL) without a
+``--temp_location`` get no tally; the summary then shows the runner's counters.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 
@@ -27,16 +27,24 @@ from apache_beam.io.filesystems import FileSystems
 log = logging.getLogger("ib_ingest")
 
 
-def tally_path(temp_location: str | None, job_name: str) -> str:
-    folder = temp_location or tempfile.mkdtemp(prefix="ib-ingest-")
-    return FileSystems.join(folder, f"{job_name}-tally.json")
+SHARED_DISK_ENVIRONMENTS = ("LOOPBACK", "PROCESS")
+
+
+def tally_folder(temp_location: str | None, environment_type: str | None) -> str | None:
+    """Where the tally can go so that this process reads it; None where nowhere is."""
+    if temp_location:
+        return temp_location
+    if environment_type and environment_type.upper() not in SHARED_DISK_ENVIRONMENTS:
+        return None  # each container has its own /tmp
+    return tempfile.mkdtemp(prefix="ib-ingest-tally-")
 
 
 class CountInto(beam.PTransform):
-    """Count each named PCollection; write ``{name: count}`` as one JSON line at ``path``.
+    """Count each named PCollection; write ``name,count`` lines into one file at ``path``.
 
-    A name given several PCollections counts their sum; a name given a pair
-    ``(minuend, subtrahend)`` counts the first minus the second.
+    A name is given ``(sign, pcollection)`` pairs: its count is the signed sum
+    of their sizes (``[(1, all), (-1, skipped)]`` counts the rest). Counted in
+    one shuffle, with partial sums per bundle.
     """
 
     def __init__(self, sources: dict[str, list], path: str) -> None:
@@ -45,31 +53,31 @@ class CountInto(beam.PTransform):
         self.path = path
 
     def expand(self, pbegin):
-        counted = []
-        for name, pcolls in self.sources.items():
-            for index, (sign, pcoll) in enumerate(pcolls):
-                counted.append(
-                    pcoll
-                    | f"Count{name}{index}" >> beam.combiners.Count.Globally()
-                    | f"Key{name}{index}" >> beam.Map(lambda n, k=name, s=sign: (k, s * n))
-                )
+        keyed = [
+            pcoll | f"Key{name}{index}" >> beam.Map(lambda _, k=name, s=sign: (k, s))
+            for name, pcolls in self.sources.items()
+            for index, (sign, pcoll) in enumerate(pcolls)
+        ]
         return (
-            counted
+            keyed
             | "AllCounts" >> beam.Flatten()
             | "SumPerName" >> beam.CombinePerKey(sum)
-            | "AsOne" >> beam.combiners.ToDict()
-            | "AsJson" >> beam.Map(json.dumps)
+            | "AsLines" >> beam.MapTuple(lambda name, count: f"{name},{count}")
             | "WriteTally" >> beam.io.WriteToText(self.path, num_shards=1, shard_name_template="")
         )
 
 
-def read_tally(path: str) -> dict[str, int] | None:
-    """The counts the job wrote at ``path`` (then removed), or None if it wrote none."""
+def read_tally(path: str, names) -> dict[str, int] | None:
+    """The counts of ``names`` the job wrote at ``path`` (then removed), or None if none."""
     try:
         with FileSystems.open(path) as handle:
-            counts = json.loads(handle.read().decode() or "{}")
+            lines = handle.read().decode().splitlines()
         FileSystems.delete([path])
-    except (OSError, ValueError) as err:
+    except OSError as err:
         log.info("no exact counts from the job (%s); the summary shows the runner's counters", err)
         return None
-    return {name: int(value) for name, value in counts.items()}
+    counts = dict.fromkeys(names, 0)  # a name with nothing to count wrote no line
+    for line in lines:
+        name, _, value = line.rpartition(",")
+        counts[name] = int(value)
+    return counts

@@ -226,6 +226,10 @@ class Cluster:
             "taskmanager.host": HOST,
             "taskmanager.bind-host": HOST,
             "taskmanager.numberOfTaskSlots": self.slots,
+            # Beam's batch jobs shuffle between many operators; the default 10% of a
+            # TaskManager's memory runs out of network buffers on one small TaskManager.
+            "taskmanager.memory.network.min": "256mb",
+            "taskmanager.memory.network.max": "256mb",
             "cluster.evenly-spread-out-slots": True,
             "parallelism.default": self.workers * self.slots,
             "restart-strategy.type": "fixed-delay",

@@ -24,3 +24,10 @@ def env_flags(env: dict[str, str]) -> list[str]:
 def image() -> str:
     """``ib-vectorizer:cuda`` built from docker/Dockerfile (a no-op rebuild when cached)."""
     return provision.provision_all().tag
+
+
+@pytest.fixture(scope="session")
+def worker_image(image) -> str:
+    """Beam's SDK worker image (the beam-worker target), which provisioning builds too."""
+    assert provision.inspect("image", provision.WORKER_IMAGE), provision.WORKER_IMAGE
+    return provision.WORKER_IMAGE

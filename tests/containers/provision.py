@@ -14,16 +14,25 @@ in order, and says for each step whether it was there or what it did:
 4. Weaviate's image under the name ``docker/docker-compose.yml`` gives it, built from the
    Weaviate binary ``make setup`` provisioned (``weaviate.Dockerfile`` beside this file),
    unless an image of that name (say the official one, pulled) is there already.
-5. ``ib-vectorizer:cuda`` built from ``docker/Dockerfile`` with the classic builder (the
+5. ``local/beam-boot:<Beam version>``: an image holding only Beam's SDK boot binary at
+   /opt/apache/beam/boot (the one ``ib-runner`` builds with Go, for the pinned Beam), in
+   place of ``apache/beam_python3.11_sdk``, which the Dockerfile takes it from.
+6. ``ib-vectorizer:cuda`` built from ``docker/Dockerfile`` with the classic builder (the
    engine has no BuildKit client here), on the base of step 3, with this machine's own CA
-   certificates as ``EXTRA_CA_CERTS``. Docker's layer cache makes a second build quick.
+   certificates as ``EXTRA_CA_CERTS`` and step 5's image as ``BEAM_SDK_IMAGE`` (the
+   classic builder runs the worker stages too). Docker's layer cache makes a second build
+   quick.
+7. ``ib-vectorizer:beam-worker``, the Dockerfile's ``beam-worker`` target with the same
+   options (Beam's SDK worker image; the classic builder made its layers in step 6).
 
 Nothing here is specific to tests but the choice of images; a machine that can pull
-``python:3.11-slim-bookworm`` and Weaviate's image needs only steps 1, 2 and 5.
+``python:3.11-slim-bookworm``, Beam's SDK image and Weaviate's image needs only steps 1,
+2, 6 and 7.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -39,6 +48,7 @@ import yaml
 
 from pipelines.provision import ProvisionError
 from pipelines.provision import provision as provision_weaviate_binary
+from pipelines.runners.provision import BEAM_VERSION, boot_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -53,6 +63,12 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # wheel index, which VARIANT=cpu uses, is not reachable here, PyPI is).
 IMAGE = "ib-vectorizer:cuda"
 VARIANT = "cuda"
+# Beam's SDK worker image (the Dockerfile's beam-worker target), and the stand-in for
+# Beam's SDK image it takes the boot binary from.
+WORKER_IMAGE = "ib-vectorizer:beam-worker"
+WORKER_TARGET = "beam-worker"
+BOOT_IMAGE = f"local/beam-boot:{BEAM_VERSION}"
+BOOT_PATH = "/opt/apache/beam/boot"
 # Marks images this module made, so that they are never mistaken for official ones.
 LOCAL_LABEL = "ib-vectorizer.local-build"
 
@@ -219,7 +235,40 @@ def ensure_weaviate_image() -> str:
     return f"{tag} built from the binary"
 
 
-# --------------------------------------------------------------------------- 5. our image
+# --------------------------------------------------------------------------- 5. Beam's boot
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_boot_image() -> str:
+    """``BOOT_IMAGE``: only Beam's boot binary, where Beam's SDK images keep it.
+
+    The binary is ``ib-runner``'s (``go install`` of Beam's Python container module at
+    the pinned version); the image is remade when that binary changes (a label holds
+    its sha256).
+    """
+    boot = boot_binary()
+    digest = file_sha256(boot)
+    existing = inspect("image", BOOT_IMAGE)
+    if existing and (existing["Config"].get("Labels") or {}).get(LOCAL_LABEL) == digest:
+        return "present"
+    say(f"building {BOOT_IMAGE} from {boot}")
+    with tempfile.TemporaryDirectory(prefix="beam-boot-image-") as context:
+        shutil.copy2(boot, Path(context) / "boot")
+        (Path(context) / "Dockerfile").write_text(
+            f"FROM scratch\nCOPY boot {BOOT_PATH}\nLABEL {LOCAL_LABEL}={digest}\n"
+        )
+        classic_build(["-t", BOOT_IMAGE, context], log=STATE / "build-beam-boot.log")
+    return f"built from {boot} ({'remade' if existing else 'new'})"
+
+
+# --------------------------------------------------------------------------- 6. our images
 
 
 def extra_ca_certs() -> str:
@@ -273,18 +322,22 @@ def copy_layer_bytes(tag: str, destination: str) -> int:
     raise ProvisionError(f"{tag} has no layer copying {destination}")
 
 
-def build_image(tag: str = IMAGE, variant: str = VARIANT) -> Build:
-    log = STATE / f"build-{variant}.log"
+def build_image(tag: str = IMAGE, variant: str = VARIANT, target: str | None = None) -> Build:
+    """``tag`` from docker/Dockerfile: its default target (the server), or ``target``."""
+    log = STATE / f"build-{variant}{f'-{target}' if target else ''}.log"
     say(f"building {tag} from docker/Dockerfile (log: {log}; the first build takes minutes)")
     started = time.monotonic()
     classic_build(
         [
             "-f",
             str(DOCKERFILE),
+            *(["--target", target] if target else []),
             "--build-arg",
             f"VARIANT={variant}",
             "--build-arg",
             f"PYTHON_IMAGE={BASE_IMAGE}",
+            "--build-arg",
+            f"BEAM_SDK_IMAGE={BOOT_IMAGE}",
             "--build-arg",
             f"EXTRA_CA_CERTS={extra_ca_certs()}",
             "-t",
@@ -304,8 +357,10 @@ def provision_all() -> Build:
     say(f"compose: {ensure_compose()}")
     say(f"base image {BASE_IMAGE}: {ensure_base_image()}")
     say(f"weaviate image: {ensure_weaviate_image()}")
+    say(f"beam boot image {BOOT_IMAGE}: {ensure_boot_image()}")
     build = build_image()
     say(build.summary())
+    say(build_image(WORKER_IMAGE, target=WORKER_TARGET).summary())
     return build
 
 
