@@ -148,8 +148,9 @@ def test_ingest_flags_run_the_sdk_harness_in_worker_processes(tmp_path):
         next(f for f in flags if f.startswith("--environment_config=")).split("=", 1)[1]
     )
     assert config == {"command": str(tmp_path / "sdk-worker.sh")}
-    spark = Cluster("spark", tmp_path, ports={"driver_ui": 7, "master_ui": 8})
+    spark = Cluster("spark", tmp_path, ports={"driver_ui": 7, "master_ui": 8}, staged_jar="/r.jar")
     assert not any(f.startswith("--parallelism") for f in spark.ingest_flags())
+    assert "--files_to_stage=/r.jar" in spark.ingest_flags()  # not the whole classpath
 
 
 def test_stop_and_status_without_a_cluster(tmp_path, capsys):

@@ -99,6 +99,7 @@ class Cluster:
     job_port: int = 8099
     ports: dict[str, int] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
+    staged_jar: str = ""  # Spark: the one jar an application ships (see ingest_flags)
 
     # ------------------------------------------------------------------ what users see
 
@@ -129,6 +130,8 @@ class Cluster:
         ]
         if self.engine == "flink":  # Spark uses every core its workers offer
             flags.append(f"--parallelism={self.workers * self.slots}")
+        if self.staged_jar:  # executors load the job server's jars from this disk instead
+            flags.append(f"--files_to_stage={self.staged_jar}")
         return flags
 
     @property
@@ -294,6 +297,10 @@ class Cluster:
             env,
         )  # fmt: skip
         self._wait("Beam's Spark job server", self._job_server_ready)
+        # By default each application would copy every jar of the job server's classpath
+        # (390 jars, 0.42 GB) into each worker's work dir; the executors already load
+        # them from this disk (extraClassPath above), so the job ships only the runner's.
+        self.staged_jar = str(next(paths["job_server"].glob("lib/beam-runners-spark-3-*.jar")))
 
     def _spark_ready(self) -> bool:
         state = _get_json(f"http://{HOST}:{self.ports['master_ui']}/json/")
