@@ -48,6 +48,17 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could bind ``port`` on ``host`` now (past TIME_WAIT, as servers do)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def http_status(
     url: str, headers: Mapping[str, str] | None = None, method: str = "GET", timeout: float = 5.0
 ) -> int | None:

@@ -50,6 +50,7 @@ from ib_vectorizer.server_process import (
     die_with_parent,
     free_ports,
     http_status,
+    port_free,
     tail,
     wait_until_answered,
 )
@@ -590,7 +591,7 @@ class LocalStack:
                     f"--nodes {saved['nodes']}, or use another --data-dir"
                 )
             all_ports = [NodePorts(p["http"], p["grpc"], p["gossip"]) for p in saved["ports"]]
-            busy = sorted(p for ports in all_ports for p in ports.all() if not _port_free(p))
+            busy = sorted(p for ports in all_ports for p in ports.all() if not port_free(p))
             if busy:
                 raise StackError(
                     f"the cluster in {self.data_dir} uses ports {busy}, which something else "
@@ -687,17 +688,6 @@ def fresh_node_ports(taken: set[int], attempts: int = 50) -> NodePorts:
             gossip = free_port_block(4, taken | {http, grpc})
             return NodePorts(http, grpc, gossip)
     raise StackError("found no free ports for a Weaviate node")
-
-
-def _port_free(port: int) -> bool:
-    """Whether a listener could bind ``port`` now (as Weaviate does, past TIME_WAIT)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
 
 
 # ---------------------------------------------------------------------------- ib-stack

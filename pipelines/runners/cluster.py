@@ -30,15 +30,15 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ib_vectorizer.server_process import free_ports, tail
+from ib_vectorizer.server_process import free_ports, port_free, tail
 
 from ..provision import ProvisionError
 from . import provision
+from .metrics import get_json
 
 ENGINES = ("flink", "spark")
 STATE_FILE = "runner.json"
@@ -137,9 +137,6 @@ class Cluster:
     @property
     def sdk_worker_script(self) -> Path:
         return self.directory / "sdk-worker.sh"
-
-    def role_pids(self, prefix: str) -> list[int]:
-        return [p.pid for p in self.processes if p.role.startswith(prefix)]
 
     def worker_role(self) -> str:
         return "taskmanager" if self.engine == "flink" else "worker"
@@ -319,7 +316,7 @@ class Cluster:
         ]
 
     def _check_job_ports(self) -> None:
-        if not _port_bindable(self.job_port):
+        if not port_free(self.job_port, "0.0.0.0"):  # the job server binds every interface
             raise RunnerError(
                 f"port {self.job_port} is in use (another job server?): stop what holds it, "
                 "or pass --job-port with a free port"
@@ -470,19 +467,9 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _port_bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))  # the job server binds every interface
-        except OSError:
-            return False
-    return True
-
-
-def _get_json(url: str) -> dict | None:
+def _get_json(url: str):
+    """The JSON at ``url``, or None while nothing (or no JSON) answers there."""
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return json.loads(response.read())
+        return get_json(url)
     except (OSError, ValueError):
         return None

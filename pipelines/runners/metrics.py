@@ -81,7 +81,7 @@ class RunnerMetrics:
 
     def _find_flink_job(self) -> str | None:
         try:
-            overview = _get_json(f"{self.url}/jobs/overview")
+            overview = get_json(f"{self.url}/jobs/overview")
         except ValueError:  # not Flink: Spark's UI answers HTML there
             return None
         if not isinstance(overview, dict):
@@ -92,7 +92,7 @@ class RunnerMetrics:
         return self._flink_job
 
     def _flink_counters(self, namespace: str) -> Counter[str]:
-        document = _get_json(f"{self.url}/jobs/{self._flink_job}/accumulators")
+        document = get_json(f"{self.url}/jobs/{self._flink_job}/accumulators")
         counts: Counter[str] = Counter()
         for accumulator in document.get("user-task-accumulators", []):
             if accumulator.get("name") == FLINK_ACCUMULATOR:
@@ -100,7 +100,7 @@ class RunnerMetrics:
         return counts
 
     def _find_spark_app(self) -> str | None:
-        applications = _get_json(f"{self.url}/api/v1/applications")
+        applications = get_json(f"{self.url}/api/v1/applications")
         if not isinstance(applications, list):
             return None
         for application in applications:  # named "<job name>_<invocation uuid>"
@@ -110,7 +110,7 @@ class RunnerMetrics:
 
     def _spark_counters(self, namespace: str) -> Counter[str]:
         app = urllib.parse.quote(self._spark_app or "")
-        stages = _get_json(f"{self.url}/api/v1/applications/{app}/stages?details=false")
+        stages = get_json(f"{self.url}/api/v1/applications/{app}/stages?details=false")
         counts: Counter[str] = Counter()
         for stage in stages or []:  # each finished stage shows the accumulator's running total
             for update in stage.get("accumulatorUpdates", []):
@@ -134,6 +134,7 @@ def counters_in_query_results(text: str, namespace: str) -> Counter[str]:
     return counts
 
 
-def _get_json(url: str):
+def get_json(url: str):
+    """The JSON at ``url``; OSError or ValueError when it cannot be had."""
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
         return json.loads(response.read())
