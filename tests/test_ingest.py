@@ -18,7 +18,7 @@ from weaviate.util import generate_uuid5
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.serving.protocol import RESPONSE_KEYS, WIRE_NAME
-from pipelines.ingest.pipeline import main as ingest
+from pipelines.ingest.command import main as ingest
 from pipelines.schema import MediaField, combine_like_weaviate
 
 from .fixture_data import INPUTS

@@ -11,7 +11,7 @@ import torch
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
-from pipelines.ingest.model_handler import ImageBindModelHandler
+from pipelines.ingest.model_handler import ObjectModelHandler
 from pipelines.ingest.ready import ReadyObject
 from pipelines.ingest.server_embed import (
     ServerModelHandler,
@@ -91,7 +91,7 @@ def test_batches_are_weighed_without_pickling_them():
     obj = ready("a", image=b"\xff" * 1000)
     obj.inputs["image"] = image
     expected = 1000 + image.numel() * 4
-    handlers = [ImageBindModelHandler(ModelOptions()), ServerModelHandler("http://x")]
+    handlers = [ObjectModelHandler(ModelOptions()), ServerModelHandler("http://x")]
     for handler in handlers:
         assert handler.get_num_bytes([obj, obj]) == 2 * expected
         assert handler.batch_elements_kwargs()["element_size_fn"](obj) == 1

@@ -1,7 +1,7 @@
 """Planning and turning files and rows into objects, without running Beam.
 
 Covers ``pipelines.ingest.inputs`` (``InputSpec``, column modalities, the plan
-from headers), ``pipelines.ingest.to_objects`` and ``pipelines.ingest.paths``.
+from headers), ``pipelines.ingest.to_objects`` and ``pipelines.paths``.
 The Beam reader is tested in ``test_ingest_sources``.
 """
 
@@ -27,8 +27,8 @@ from pipelines.ingest.inputs import (
     plan_fields,
 )
 from pipelines.ingest.objects import FieldValue, SourceObject
-from pipelines.ingest.paths import absolute, dirname, has_scheme, local_copy, relpath, resolve
 from pipelines.ingest.to_objects import file_to_object, row_to_object
+from pipelines.paths import absolute, dirname, has_scheme, local_copy, relpath, resolve
 
 ALL_FIELDS = {
     "image": Modality.VISION,

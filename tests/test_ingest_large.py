@@ -9,13 +9,13 @@ from weaviate.classes.config import DataType
 
 from ib_vectorizer.bench.payloads import image_payload
 from ib_vectorizer.modalities import Modality
-from pipelines.ingest.write import (
+from pipelines.beam.target import WeaviateTarget
+from pipelines.beam.write import (
     FAILURES,
     MAX_BATCH_BYTES,
     MAX_OBJECT_BYTES,
-    WeaviateObject,
-    WeaviateTarget,
     _WriteDoFn,
+    approx_bytes,
 )
 from pipelines.schema import MediaField, create_bind_collection
 
@@ -26,27 +26,26 @@ class RecordingWrite(_WriteDoFn):
     """The real write step, noting the size of every batch it sends."""
 
     def _insert(self, batch):
-        self.sent.append(sum(o.approx_bytes() for o in batch))
+        self.sent.append(sum(approx_bytes(obj) for obj, _ in batch))
         return super()._insert(batch)
 
 
-def blob_object(i: int, mib: float) -> WeaviateObject:
+def blob_object(i: int, mib: float) -> dict:
     payload = base64.b64encode(b"\x00" * int(mib * 2**20 * 3 / 4)).decode()
-    return WeaviateObject(
-        uuid=f"00000000-0000-0000-0000-{i:012d}",
-        source_id=f"blob-{i}",
-        source=f"blob-{i}.bin",
-        properties={"payload": payload, "source_id": f"blob-{i}"},
-        vector=[float(i + 1)] * 32,
-        vector_name="imagebind",
-    )
+    return {
+        "id": f"blob-{i}",
+        "source": f"blob-{i}.bin",
+        "properties": {"payload": payload, "source_id": f"blob-{i}"},
+        "vector": [float(i + 1)] * 32,
+    }
 
 
 def test_batches_are_cut_by_bytes_and_an_oversized_object_is_dead_lettered(stack, client):
     fields = [MediaField("image", Modality.VISION)]
     create_bind_collection(client, "Large", fields, {"payload": DataType.BLOB})
     e = stack.endpoints
-    write = RecordingWrite(WeaviateTarget(e.weaviate_http, e.weaviate_grpc_port, "Large"), 64)
+    target = WeaviateTarget(e.weaviate_http, e.weaviate_grpc_port, "Large")
+    write = RecordingWrite(target, "imagebind", 64, create_collection=False, metrics_namespace="t")
     write.sent = []
     sizes = [20, 20, 20, 0.001, 0.001, 40, 100]  # MiB; the last is more than one message
     write.setup()

@@ -22,8 +22,9 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from ib_vectorizer.modalities import Modality
+from pipelines.beam import Failure
 from pipelines.ingest.inputs import InputSpec, metadata_columns, parse_modality_columns, plan_fields
-from pipelines.ingest.objects import Failure, FieldValue, SourceObject
+from pipelines.ingest.objects import FieldValue, SourceObject
 from pipelines.ingest.sources import ReadObjects
 
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "  # inline bytes: any bytes will do

@@ -10,6 +10,7 @@ from weaviate.util import generate_uuid5
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
+from pipelines.beam.write import to_data_object
 from pipelines.ingest.inputs import InputSpec
 from pipelines.ingest.pipeline import IngestConfig, _batch_failures, to_weaviate_object
 from pipelines.ingest.ready import ReadyObject
@@ -68,21 +69,23 @@ def test_object_properties_vector_and_id():
     obj = to_weaviate_object(
         ready(image=b"\x01\x02", text="hi"), {"image": np.ones(2), "text": np.zeros(2)}, config()
     )
-    assert obj.properties == {"year": 2020, "source_id": "id-1", "image": "AQI=", "text": "hi"}
-    np.testing.assert_allclose(obj.vector, [0.5, 0.5])
-    assert obj.uuid == str(generate_uuid5("id-1"))  # the same id → the same object
+    assert obj["properties"] == {"year": 2020, "source_id": "id-1", "image": "AQI=", "text": "hi"}
+    np.testing.assert_allclose(obj["vector"], [0.5, 0.5])
+    written = to_data_object(obj, "imagebind")
+    assert written.uuid == str(generate_uuid5("id-1"))  # the same id → the same object
+    np.testing.assert_allclose(written.vector["imagebind"], [0.5, 0.5])
 
 
 def test_store_uri_keeps_the_uri_and_drops_the_bytes():
     obj = to_weaviate_object(ready(image=b"\x01", text="hi"), None, config(store_uri=True))
-    assert obj.properties["image_uri"] == "gs://b/i.jpg" and "image" not in obj.properties
-    assert obj.vector is None
+    assert obj["properties"]["image_uri"] == "gs://b/i.jpg" and "image" not in obj["properties"]
+    assert obj["vector"] is None
 
 
 def test_a_field_the_collection_does_not_know_is_not_combined():
     # e.g. a JSONL key first seen after the rows that planned the collection
     obj = to_weaviate_object(ready(image_back=b"\x01"), {"image_back": np.ones(2)}, config())
-    assert obj.vector is None  # Weaviate decides (and the write stage reports it)
+    assert obj["vector"] is None  # Weaviate decides (and the write stage reports it)
 
 
 def test_a_fast_image_decode_changes_the_fingerprint_and_exact_keeps_the_old_one():

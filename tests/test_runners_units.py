@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipelines.command import CommandParser
-from pipelines.ingest.pipeline import build_parser, with_job_name
+from pipelines.ingest.command import build_parser, with_job_name
 from pipelines.ingest.progress import ProgressReporter, workers_by_stage
 from pipelines.runners import provision
 from pipelines.runners.cluster import Cluster, load_cluster

@@ -129,7 +129,7 @@ def test_ingest_survives_a_node_killed_halfway_and_the_node_catches_up(cluster, 
         if job.poll() is None:
             job.kill()
     log_text = log_path.read_text()
-    assert "trying the next" in log_text or "writing through weaviate" in log_text, log_text[-3000:]
+    assert "trying the next" in log_text or "using weaviate" in log_text, log_text[-3000:]
     assert read_failures(dead_letters) == []  # every object a retry could write was written
     assert len(sources_at_one(cluster, 2, "Replicated")) == TOTAL
 

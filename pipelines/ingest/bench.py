@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..schema import MediaField, create_bind_collection
     from ..stack import LocalStack
-    from .pipeline import main as ingest
+    from .command import main as ingest
 
     model = from_sources(ModelOptions, args)
     if args.scale is not None:
@@ -228,7 +228,7 @@ def cluster(args, model: ModelOptions, extra: list[str]) -> int:
 
     from ..connection import with_consistency
     from ..stack import LocalStack
-    from .pipeline import main as ingest
+    from .command import main as ingest
 
     if args.cluster < 2:
         print("error: --cluster must be 2 or more", file=sys.stderr)

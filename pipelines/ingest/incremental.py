@@ -20,12 +20,13 @@ import apache_beam as beam
 
 from ib_vectorizer.options import ModelOptions
 
+from ..beam.read import ReadFromWeaviate
+from ..beam.target import CollectionDoFn, WeaviateTarget
+from ..beam.write import object_uuid
 from ..schema import PARENT_ID, MediaField
-from .objects import object_uuid
 from .progress import JobCounter
 from .ready import ReadyObject
 from .segments import Source, complete_sources
-from .write import CollectionDoFn, WeaviateTarget
 
 CONTENT_HASH = "content_hash"
 LOOKUP_BATCH = 200  # ids per look-up (and per delete)
@@ -152,20 +153,9 @@ def _source_key(uuid: str, parent_id: str | None) -> str:
     return f"parent:{parent_id}" if parent_id else uuid
 
 
-class _StoredIds(beam.DoFn):
-    """The collection → (source key, uuid) of every object in it (a cursor over all of it)."""
-
-    def process(self, target: WeaviateTarget):
-        client = target.connect()
-        try:
-            collection = target.collection_of(client)
-            names = {p.name for p in collection.config.get().properties}
-            shown = [PARENT_ID] if PARENT_ID in names else []
-            for obj in collection.iterator(return_properties=shown):
-                uuid = str(obj.uuid)
-                yield _source_key(uuid, obj.properties.get(PARENT_ID)), uuid
-        finally:
-            client.close()
+def _stored_key(stored: dict) -> tuple[str, str]:
+    """A stored object → (source key, uuid)."""
+    return _source_key(stored["uuid"], stored["properties"].get(PARENT_ID)), stored["uuid"]
 
 
 class _DeleteObjects(CollectionDoFn):
@@ -211,8 +201,8 @@ class DeleteMissing(beam.PTransform):
         present = read | "PresentIds" >> beam.Map(present_key)
         stored = (
             read.pipeline
-            | "Collection" >> beam.Create([self.target])
-            | "StoredIds" >> beam.ParDo(_StoredIds())
+            | "Stored" >> ReadFromWeaviate.from_target(self.target, properties=[PARENT_ID])
+            | "StoredIds" >> beam.Map(_stored_key)
         )
         return (
             (present, stored)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from ib_vectorizer.modalities import Modality
 
+from ..paths import has_scheme
 from .manifest_files import manifest_columns
-from .paths import has_scheme
 
 _BY_LABEL = {modality.label: modality for modality in Modality}  # column prefixes
 _MANIFEST_KINDS = {

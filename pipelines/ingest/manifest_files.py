@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from .paths import absolute
+from ..paths import absolute
 
 _JSONL_SAMPLE_LINES = 1000  # lines whose keys plan a JSONL manifest's columns
 _CSV_FIELD_LIMIT = 2**31 - 1  # inline base64 media outgrow csv's 128 KiB default

@@ -1,17 +1,14 @@
-"""RunInference's ModelHandler for ImageBind: batches of objects in, field vectors out.
+"""ib-ingest's ModelHandler: batches of whole objects in, one vector per field out.
 
-One element is a whole object (all its fields), so no shuffle is needed to put
-an object back together. A batch's fields are grouped by modality and each
-group runs through the model in chunks of at most ``max_batch_views`` encoder
-passes. Beam loads the model once per worker process (``load_model`` through
-its ``Shared`` handle) and shares it across the process's threads; with
-``share_across_processes`` one copy serves every SDK process on the machine,
-which is what a GPU worker wants.
+One element is a whole object (all its fields, decoded by the job's own
+Decode step), so no shuffle is needed to put an object back together. A
+batch's fields are grouped by modality and each group runs through the model
+in chunks of at most ``max_batch_views`` encoder passes. Loading and sharing
+the model are the public handler's (:class:`pipelines.beam.inference.ImageBindModelBase`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,13 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from apache_beam.ml.inference.base import ModelHandler
 
 from ib_vectorizer.embedder import Embedder, NonFiniteVectors
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
 
-from .paths import has_scheme, local_copy
+from ..beam.inference import ImageBindModelBase
 from .progress import StageTime
 from .ready import ReadyObject
 
@@ -47,29 +43,17 @@ def batch_num_bytes(batch: Sequence[ReadyObject]) -> int:
     return sum(obj.num_bytes() for obj in batch)
 
 
-class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder]):
+class ObjectModelHandler(ImageBindModelBase):
+    """ReadyObjects (decoded) → EmbeddedObjects with a unit vector per field."""
+
     def __init__(
         self,
         model: ModelOptions,
         max_batch_views: int = 64,
         share_across_processes: bool = False,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.max_batch_views = max_batch_views
-        self._share = share_across_processes
+        super().__init__(model, max_batch_views, share_across_processes)
         self.time = StageTime("embed")
-
-    def load_model(self) -> Embedder:
-        options = self.model
-        if has_scheme(options.checkpoint):  # gs://, s3://, ...: copied to this worker once
-            options = dataclasses.replace(options, checkpoint=local_copy(options.checkpoint))
-        return Embedder(
-            options.create(),
-            normalize=True,
-            image_decode=options.image_decode,
-            max_item_bytes=options.max_item_bytes,
-        )
 
     def run_inference(
         self,
@@ -111,9 +95,6 @@ class ImageBindModelHandler(ModelHandler[ReadyObject, EmbeddedObject, Embedder])
 
     def get_num_bytes(self, batch: Sequence[ReadyObject]) -> int:
         return batch_num_bytes(batch)
-
-    def share_model_across_processes(self) -> bool:
-        return self._share
 
     def get_metrics_namespace(self) -> str:
         return "ib_ingest_inference"

@@ -1,4 +1,4 @@
-"""What flows through the ingestion pipeline: source objects, embedded objects, failures."""
+"""What the ingestion pipeline reads: source objects and their fields."""
 
 from __future__ import annotations
 
@@ -38,23 +38,3 @@ class SourceObject:
     source: str  # where it came from (file path or manifest:row), for reports
     fields: dict[str, FieldValue]  # property name → value
     properties: dict[str, Any] = field(default_factory=dict)  # metadata copied as-is
-
-
-def object_uuid(source_id: str) -> str:
-    """The Weaviate id of the object made from ``source_id``: the same on every run."""
-    from weaviate.util import generate_uuid5
-
-    return str(generate_uuid5(source_id))
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A dead letter: the item, the stage that failed (read, decode, embed, write), why."""
-
-    id: str
-    source: str
-    stage: str
-    error: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"id": self.id, "source": self.source, "stage": self.stage, "error": self.error}

@@ -15,7 +15,6 @@ say how many processes shared each stage.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import socket
@@ -24,6 +23,8 @@ import time
 from collections.abc import Callable
 
 import apache_beam as beam
+
+from ..beam.counters import Counter, process_totals, reset_process_totals
 
 NAMESPACE = "ib_ingest"
 WORKERS_NAMESPACE = "ib_ingest_workers"
@@ -34,21 +35,12 @@ COUNTERS = (
 
 log = logging.getLogger("ib_ingest")
 
-_totals: collections.Counter[str] = collections.Counter()
-_totals_lock = threading.Lock()
 
-
-class JobCounter:
-    """A Beam counter that also keeps this process's running total (picklable)."""
+class JobCounter(Counter):
+    """A counter of the job's (namespace ``ib_ingest``), with this process's running total."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self._beam = beam.metrics.Metrics.counter(NAMESPACE, name)
-
-    def inc(self, n: int = 1) -> None:
-        self._beam.inc(n)
-        with _totals_lock:
-            _totals[self.name] += n
+        super().__init__(NAMESPACE, name)
 
 
 class StageTime:
@@ -82,13 +74,12 @@ def workers_by_stage(counters: dict[str, int]) -> dict[str, dict[str, int]]:
 
 
 def totals() -> dict[str, int]:
-    with _totals_lock:
-        return {name: _totals[name] for name in COUNTERS}
+    counted = process_totals(NAMESPACE)
+    return {name: counted.get(name, 0) for name in COUNTERS}
 
 
 def reset_totals() -> None:
-    with _totals_lock:
-        _totals.clear()
+    reset_process_totals(NAMESPACE)
 
 
 def progress_line(counts: dict[str, int], elapsed_s: float) -> str:

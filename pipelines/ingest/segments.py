@@ -39,10 +39,11 @@ from ib_vectorizer.preprocess.segments import (
 )
 from ib_vectorizer.retry import call_with_retries
 
+from ..beam.target import BACKOFF
+from ..beam.write import object_uuid
 from ..schema import PARENT_ID
-from .objects import SourceObject, object_uuid
+from .objects import SourceObject
 from .ready import ReadyObject, read_field
-from .write import BACKOFF
 
 log = logging.getLogger(__name__)
 

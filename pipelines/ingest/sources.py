@@ -25,10 +25,11 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
 
+from ..beam.failures import Failure
+from ..paths import absolute, dirname, relpath
 from .inputs import InputSpec
 from .manifest_files import csv_reader, lines, parquet_file
-from .objects import Failure, SourceObject
-from .paths import absolute, dirname, relpath
+from .objects import SourceObject
 from .progress import JobCounter
 from .to_objects import file_to_object, row_id, row_to_object
 

@@ -29,9 +29,9 @@ from ib_vectorizer.errors import MediaError
 from ib_vectorizer.inline import inline_bytes
 from ib_vectorizer.modalities import Modality
 
+from ..paths import relpath, resolve
 from .inputs import InputSpec, modality_of_column
 from .objects import FieldValue, SourceObject
-from .paths import relpath, resolve
 
 _FOLDERS = {modality.label: modality for modality in Modality}  # first-level folder names
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from ..ingest.paths import has_scheme
+from ..paths import has_scheme
 from .detect import SNIFF_BYTES, content_type
 from .errors import ApiError
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from ib_vectorizer.server_process import free_ports, tail
-from pipelines.ingest.pipeline import main as ingest
+from pipelines.ingest.command import main as ingest
 from pipelines.runners.cluster import Cluster, start_cluster
 
 from ..server_process import TINY_ENV

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from ib_vectorizer.server_process import free_port
-from pipelines.ingest.pipeline import main as ingest
+from pipelines.ingest.command import main as ingest
 from pipelines.runners.cluster import Cluster, start_cluster
 
 from ..conftest import tiny_stack

@@ -1,4 +1,4 @@
-"""Local paths and URIs, told apart and combined the same way everywhere in ``ib-ingest``.
+"""Local paths and URIs, told apart and combined the same way everywhere in the pipelines.
 
 A path with a scheme (``gs://``, ``s3://``, ``file://``) is left to Beam's
 FileSystems and handled as text with ``/`` separators; any other path is a

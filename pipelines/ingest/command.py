@@ -1,0 +1,462 @@
+"""``ib-ingest``: the command line of the ingestion job (the flow is :mod:`.pipeline`).
+
+    ib-ingest --input SRC --collection C [--embed local|server|weaviate] [Beam options...]
+
+Runs on this machine with the DirectRunner, and unchanged on Dataflow, Flink
+or Spark (pass ``--runner`` and that runner's options). It checks everything
+it can before the job starts, creates the collection, runs the job with a
+progress line, and closes with a summary of exact counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+)
+
+from ib_vectorizer.options import ModelOptions, add_flags, from_sources
+from ib_vectorizer.preprocess import Preprocessor
+
+from ..beam.target import WeaviateTarget
+from ..command import (
+    CommandError,
+    CommandParser,
+    add_weaviate_flags,
+    check_checkpoint,
+    check_weaviate,
+    console_logging,
+    fail,
+)
+from ..connection import parse_nodes
+from ..schema import DEFAULT_VECTOR_NAME, EXACT_TEXT, MediaField, create_bind_collection
+from ..stack import StackError
+from .incremental import CONTENT_HASH, model_fingerprint
+from .inputs import InputSpec, parse_modality_columns, plan_fields
+from .pipeline import IngestConfig, build, write_dead_letters
+from .progress import (
+    COUNTERS,
+    NAMESPACE,
+    WORKERS_NAMESPACE,
+    ProgressReporter,
+    workers_by_stage,
+)
+from .segments import SEGMENTED, parse_rule, segment_properties
+from .tally import CountInto, read_tally, tally_folder
+
+log = logging.getLogger("ib_ingest")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="ib-ingest",
+        description="Embed a dataset of images, video, text, audio, depth, thermal and IMU "
+        "with ImageBind and write it into Weaviate. Unknown options go to Beam.",
+    )
+    p.add_argument(
+        "--input", required=True, help="a directory tree, or a Parquet/CSV/JSONL manifest"
+    )
+    p.add_argument("--collection", required=True)
+    p.add_argument("--id-column", default="id")
+    p.add_argument("--modality-columns", default="", help="e.g. image=photo,audio=clip")
+    where = p.add_mutually_exclusive_group()
+    add_weaviate_flags(p, "replicas that must acknowledge each write and look-up", url_group=where)
+    where.add_argument("--data-dir", help="the local stack's data directory")
+    p.add_argument(
+        "--replication-factor",
+        type=int,
+        default=None,
+        help="a new collection keeps each shard on this many nodes (Weaviate's default 1)",
+    )
+    p.add_argument("--embed", choices=("local", "server", "weaviate"), default="local")
+    p.add_argument("--vectorizer-url", help="for --embed server (default: the local stack's)")
+    add_flags(
+        p.add_argument_group("model (--embed local, and the local stack's server)"), ModelOptions
+    )
+    p.add_argument(
+        "--dead-letter",
+        default="ib-ingest-failures.jsonl",
+        help="JSONL or .parquet file for items that failed",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="objects per Weaviate write")
+    p.add_argument(
+        "--max-batch-views",
+        type=int,
+        default=64,
+        help="encoder passes per model batch (audio 3, video 15)",
+    )
+    p.add_argument("--weights", default="", help="field weights, e.g. image=0.7,text=0.3")
+    p.add_argument(
+        "--store-uri",
+        action="store_true",
+        help="store each media's source URI (<field>_uri) instead of its bytes",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-embed and rewrite every object (default: only new and changed ones)",
+    )
+    p.add_argument(
+        "--delete-missing",
+        action="store_true",
+        help="delete the collection's objects whose source is no longer in the input",
+    )
+    p.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=10.0,
+        help="how often a progress line goes to stderr (default 10)",
+    )
+    p.add_argument(
+        "--segment-seconds",
+        type=float,
+        help="cut each audio and video file into segments of this many seconds, one object "
+        "each (id: source#t=start,end); needs --embed local",
+    )
+    p.add_argument(
+        "--segment-overlap",
+        type=float,
+        default=0.0,
+        help="seconds each segment overlaps the one before (default 0)",
+    )
+    p.add_argument(
+        "--runner-metrics-url",
+        help="a Flink or Spark UI to read the job's counters from while it runs, for the "
+        "progress line (ib-runner prints it; without it, on those runners, see their UI)",
+    )
+    p.add_argument(
+        "--metrics-json",
+        help="write the job's counters (and per-modality decode/embed ms) to this JSON file",
+    )
+    p.add_argument(
+        "--share-model-across-processes",
+        action="store_true",
+        help="one model copy per machine (GPU workers with several SDK processes)",
+    )
+    return p
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--weights: {part!r} is not NAME=NUMBER") from None
+    return weights
+
+
+def media_fields(spec: InputSpec, weights: dict[str, float]) -> tuple[MediaField, ...]:
+    planned = plan_fields(spec)
+    unknown = sorted(set(weights) - set(planned))
+    if unknown:
+        raise ValueError(f"--weights names unknown field(s) {unknown}; fields: {sorted(planned)}")
+    if weights and set(weights) != set(planned):
+        raise ValueError(f"--weights must weigh every field: {sorted(planned)}")
+    return tuple(MediaField(n, m, weights.get(n)) for n, m in sorted(planned.items()))
+
+
+def summarize(
+    result, started: float, dead_letter: str, exact: dict[str, int] | None = None
+) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Log the closing line; the job's counters, and the work per worker process by stage.
+
+    ``exact`` counts (:mod:`.tally`) replace the runner's counters of the same
+    names, which may count a retried bundle twice.
+    """
+    from apache_beam.metrics.metric import MetricsFilter
+
+    counts = dict.fromkeys(COUNTERS, 0)  # and the per-modality stage times (progress.StageTime)
+    per_worker: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter())["counters"]:
+        namespace, name = counter.key.metric.namespace, counter.key.metric.name
+        value = counter.committed or counter.attempted or 0
+        if namespace == NAMESPACE:
+            counts[name] = counts.get(name, 0) + value
+        elif namespace == WORKERS_NAMESPACE:
+            per_worker[name] = per_worker.get(name, 0) + value
+    counts.update(exact or {})
+    workers = workers_by_stage(per_worker)
+    elapsed = time.perf_counter() - started
+    failed = counts["failed"] + counts["read_failed"]
+    segments = f" (cut into {counts['segments']} segments)" if counts["segments"] else ""
+    log.info(
+        "done in %.1f s: read %d%s, embedded %d, written %d, failed %d, unchanged %d, deleted %d "
+        "(%.1f objects/s)%s",
+        elapsed,
+        counts["read"],
+        segments,
+        counts["embedded"],
+        counts["written"],
+        failed,
+        counts["unchanged"],
+        counts["deleted"],
+        counts["written"] / max(elapsed, 1e-9),
+        f"; failures in {dead_letter}" if failed else "",
+    )
+    if any(len(processes) > 1 for processes in workers.values()):
+        log.info(
+            "worker processes: %s",
+            ", ".join(f"{stage} {len(processes)}" for stage, processes in sorted(workers.items())),
+        )
+    return counts, workers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    console_logging()
+    args, beam_args = build_parser().parse_known_args(argv)
+    try:
+        check_runner_options(beam_args)
+        spec, fields, model = check_start(args)
+        return run(args, beam_args, spec, fields, model)
+    except (CommandError, StackError, ValueError) as err:
+        return fail("ib-ingest", str(err))
+
+
+def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
+    """Everything that can be checked before anything starts; CommandError/ValueError if not."""
+    spec = InputSpec(args.input, args.id_column, parse_modality_columns(args.modality_columns))
+    fields = media_fields(spec, parse_weights(args.weights))
+    if args.embed == "weaviate" and args.store_uri:
+        raise CommandError("--embed weaviate needs the media in Weaviate; drop --store-uri")
+    if args.progress_seconds <= 0:
+        raise CommandError("--progress-seconds must be positive")
+    if parse_rule(args.segment_seconds, args.segment_overlap) and args.embed != "local":
+        raise CommandError(
+            "--segment-seconds cuts and embeds segments in the job itself: use --embed local "
+            "(a server and Weaviate embed whole files)"
+        )
+    model = from_sources(ModelOptions, args)
+    if args.replication_factor is not None and args.replication_factor < 1:
+        raise CommandError(f"--replication-factor must be 1 or more, not {args.replication_factor}")
+    if args.weaviate_url:
+        if args.embed == "server" and not args.vectorizer_url:
+            raise CommandError("--embed server with --weaviate-url needs --vectorizer-url")
+        for url, _ in parse_nodes(args.weaviate_url, args.grpc_port):
+            check_weaviate(url)
+    if args.embed == "local" or not args.weaviate_url:  # our model, or the stack's server
+        check_checkpoint(model)
+    if args.embed == "local":
+        Preprocessor.for_model(model.config())  # a geometry preprocessing cannot follow
+    return spec, fields, model
+
+
+def check_runner_options(beam_args: list[str]) -> None:
+    """Refuse Beam options known to lose objects; CommandError says what to use instead.
+
+    The DirectRunner's multi-threaded mode (``--direct_running_mode
+    multi_threading`` with more than one worker) dropped whole bundles after
+    the reshuffle here: of 100,000 files, 1,106 and then 313 never reached
+    the first step, silently. The default mode and real runners do not.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    direct = PipelineOptions(beam_args).view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_threading" and (direct.direct_num_workers or 1) > 1:
+        raise CommandError(
+            "--direct_running_mode multi_threading with several workers loses objects at scale "
+            "(whole bundles after the reshuffle); run the DirectRunner in its default mode, "
+            "or a real runner (--runner PrismRunner, Flink, Spark, Dataflow)"
+        )
+
+
+def run(
+    args,
+    beam_args: list[str],
+    spec: InputSpec,
+    fields: tuple[MediaField, ...],
+    model: ModelOptions,
+) -> int:
+    from contextlib import ExitStack
+
+    from ..stack import LocalStack
+
+    with ExitStack() as resources:
+        api_key = args.weaviate_api_key
+        if args.weaviate_url:
+            nodes, vectorizer = parse_nodes(args.weaviate_url, args.grpc_port), args.vectorizer_url
+        else:
+            stack = resources.enter_context(LocalStack(args.data_dir, model))
+            nodes = [(node.http, node.grpc_port) for node in stack.endpoints.nodes]
+            vectorizer = args.vectorizer_url or stack.endpoints.vectorizer
+            api_key = api_key or stack.api_key  # one the stack made, if its Weaviate needs one
+        (url, grpc_port), *others = nodes
+        target = WeaviateTarget(
+            url,
+            grpc_port,
+            args.collection,
+            api_key,
+            other_nodes=tuple(others),
+            consistency_level=args.consistency_level,
+        )
+        rule = parse_rule(args.segment_seconds, args.segment_overlap)
+        prepare_collection(
+            target,
+            fields,
+            args.store_uri,
+            segmented=rule is not None,
+            replication_factor=args.replication_factor,
+            input_spec=spec,
+        )
+        meta = fetch_meta(vectorizer) if vectorizer and args.embed != "local" else None
+        config = IngestConfig(
+            spec=spec,
+            collection=args.collection,
+            embed=args.embed,
+            fields=fields,
+            model=model,
+            vectorizer_url=vectorizer,
+            batch_size=args.batch_size,
+            max_batch_views=args.max_batch_views,
+            store_uri=args.store_uri,
+            share_model=args.share_model_across_processes,
+            fingerprint=model_fingerprint(args.embed, model, fields, meta),
+            force=args.force,
+            delete_missing=args.delete_missing,
+            segments=rule,
+        )
+        started = time.perf_counter()
+        beam_args, job_name = with_job_name(beam_args, args.collection)
+        options = PipelineOptions(beam_args, save_main_session=False)
+        pipeline = beam.Pipeline(options=options)
+        counted: dict[str, list] = {}
+        write_dead_letters(build(pipeline, config, target, counted), args.dead_letter)
+        folder = tally_folder(
+            options.view_as(GoogleCloudOptions).temp_location,
+            options.view_as(PortableOptions).environment_type,
+        )
+        tally = FileSystems.join(folder, f"{job_name}-tally.csv") if folder else None
+        if tally:
+            _ = pipeline | "Tally" >> CountInto(counted, tally)
+        with ProgressReporter(args.progress_seconds, job_counts(args, beam_args, job_name)):
+            result = pipeline.run()
+            result.wait_until_finish()
+        exact = read_tally(tally, counted) if tally else None
+        if folder and not options.view_as(GoogleCloudOptions).temp_location:
+            shutil.rmtree(folder, ignore_errors=True)
+        counts, workers = summarize(result, started, args.dead_letter, exact)
+        if args.metrics_json:
+            elapsed = round(time.perf_counter() - started, 3)
+            with open(args.metrics_json, "w") as handle:
+                report = {"elapsed_s": elapsed, "counters": counts, "workers": workers}
+                json.dump(report, handle, indent=1)
+    return 0
+
+
+def with_job_name(beam_args: list[str], collection: str) -> tuple[list[str], str]:
+    """Beam's options with a ``--job_name`` (a unique one unless given), and that name.
+
+    The name is how the job's counters are found on a Flink or Spark cluster.
+    """
+
+    given = PipelineOptions(beam_args).view_as(GoogleCloudOptions).job_name
+    if given:
+        return beam_args, given
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    safe = re.sub(r"[^a-z0-9-]+", "-", collection.lower())  # as Dataflow's names must be
+    name = f"ib-ingest-{safe}-{stamp}-{os.urandom(3).hex()}"
+    return [*beam_args, f"--job_name={name}"], name
+
+
+def job_counts(args, beam_args: list[str], job_name: str):
+    """Where the progress line reads the job's counters: None for this process's own.
+
+    In-process runners (Direct, Prism) count here; on a portable runner the
+    counters are the engine's, read through ``--runner-metrics-url``.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    if args.runner_metrics_url:
+        from ..runners.metrics import RunnerMetrics
+
+        metrics = RunnerMetrics(args.runner_metrics_url, job_name)
+        return lambda: metrics.counters(NAMESPACE)
+    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner or "DirectRunner"
+    if runner.removesuffix("Runner").lower() not in ("direct", "prism", "switching"):
+        log.info(
+            "the job runs on %s: its progress shows in that runner's UI, or here with "
+            "--runner-metrics-url (Flink's or Spark's UI)",
+            runner,
+        )
+    return None
+
+
+def fetch_meta(vectorizer: str) -> dict | None:
+    """The inference server's ``/meta`` (its model and weights), or None if it has none."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(vectorizer.rstrip("/") + "/meta", timeout=30) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+def prepare_collection(
+    target: WeaviateTarget,
+    fields,
+    store_uri: bool,
+    segmented: bool = False,
+    replication_factor: int | None = None,
+    input_spec: InputSpec | None = None,
+) -> None:
+    """Create the collection with the multi2vec-bind config unless it exists.
+
+    A collection made before content hashes were stored (or by hand), or
+    before segments were, gets the properties added, so re-runs can look
+    hashes and segments up in it. When objects will store their source URIs
+    (``store_uri``, or segments), the folder they are read from (a directory
+    input, or a manifest's folder) is recorded as a media root of the
+    collection: ``ib-search`` serves stored URIs only from inside those.
+    """
+    from weaviate.classes.config import DataType, Property, Tokenization
+
+    from ..paths import absolute, dirname
+    from ..schema import record_media_root
+
+    client = target.connect()
+    try:
+        metadata = {f"{f.name}_uri": DataType.TEXT for f in fields} if store_uri else {}
+        if segmented:
+            uris = {f"{f.name}_uri": DataType.TEXT for f in fields if f.modality in SEGMENTED}
+            metadata.update({**uris, **segment_properties()})
+        metadata[CONTENT_HASH] = DataType.TEXT
+        collection = create_bind_collection(
+            client,
+            target.collection,
+            list(fields),
+            metadata,
+            DEFAULT_VECTOR_NAME,
+            replication_factor,
+        )
+        present = {p.name for p in collection.config.get().properties}
+        for name, data_type in metadata.items():
+            if name not in present and (name == CONTENT_HASH or segmented):
+                exact = Tokenization.FIELD if name in EXACT_TEXT else None
+                collection.config.add_property(
+                    Property(name=name, data_type=data_type, tokenization=exact)
+                )
+        if input_spec is not None and (store_uri or segmented):
+            source = absolute(input_spec.path).rstrip("/")
+            root = source if input_spec.kind == "directory" else dirname(source)
+            record_media_root(collection, root)
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
