@@ -1,4 +1,4 @@
-"""``ib-vectorizer``: embed files, fetch weights, serve Weaviate, benchmark the server.
+"""``ib-vectorizer``: embed and classify files, fetch weights, serve Weaviate, benchmark the server.
 
 Each subcommand is a ``add_<name>_parser`` that registers its flags and a
 ``run_<name>`` that does the work and returns the exit status.
@@ -111,6 +111,73 @@ def _read(path: str, modality: Modality, index: int) -> bytes:
         raise InputError(modality.value, index, f"cannot read file ({err.strerror})") from None
 
 
+def add_classify_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "classify",
+        help="zero-shot: the likeliest of a list of labels for each file (or text)",
+        description="Rank LABELS for each INPUT of one modality with ImageBind's zero-shot "
+        "classification (see docs/zero-shot.md): probabilities from a softmax over the labels.",
+    )
+    parser.add_argument(
+        "--modality",
+        required=True,
+        type=Modality.parse,
+        help="image, video, audio, depth, thermal, imu or text",
+    )
+    parser.add_argument("--labels", required=True, help="a text file: one label per line")
+    parser.add_argument(
+        "--label-template",
+        action="append",
+        dest="label_templates",
+        metavar="TEMPLATE",
+        help="a prompt holding {} for the label (repeatable; default: the modality's "
+        "templates; '{}': each label as it is)",
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="labels shown per input (default 5)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per input")
+    parser.add_argument("--batch-size", type=int, default=8, help="items per model call")
+    add_flags(parser.add_argument_group("model"), ModelOptions)
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="file paths; for text, the texts"
+    )
+    parser.set_defaults(run=run_classify)
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import InputError
+    from .zero_shot import read_labels, templates_for, top_labels
+
+    modality = args.modality
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ValueError("--top-k and --batch-size must be at least 1")
+    labels = read_labels(args.labels)
+    templates = templates_for(modality, args.label_templates)
+    embedder = load_embedder(args, normalize=True)
+    try:
+        items = (
+            args.inputs
+            if modality is Modality.TEXT
+            else [_read(name, modality, i) for i, name in enumerate(args.inputs)]
+        )
+        probabilities = embedder.classify(modality, items, labels, templates, args.batch_size)
+    except InputError as err:
+        where = f"text {err.index}" if modality is Modality.TEXT else args.inputs[err.index]
+        print(f"error: {where}: {err.reason}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    rankings = top_labels(probabilities, labels, args.top_k)
+    for name, ranked in zip(args.inputs, rankings, strict=True):
+        if args.json:
+            names, scores = [label for label, _ in ranked], [round(p, 6) for _, p in ranked]
+            print(json.dumps({"input": name, "labels": names, "scores": scores}))
+            continue
+        print(name)
+        for rank, (label, probability) in enumerate(ranked, start=1):
+            print(f"  {rank:>2}. {probability:6.1%}  {label}")
+    return 0
+
+
 def add_download_parser(commands: argparse._SubParsersAction) -> None:
     from .checkpoints import DEFAULT_WEIGHTS, WEIGHTS
 
@@ -175,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("IB_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)
     add_embed_parser(commands)
+    add_classify_parser(commands)
     add_download_parser(commands)
     add_serve_parser(commands)
     add_bench_parser(commands)

@@ -78,8 +78,13 @@ class Embedder:
         return nullcontext()
 
     @torch.inference_mode()
-    def embed_tensors(self, modality: Modality | str, batch: torch.Tensor) -> torch.Tensor:
+    def embed_tensors(
+        self, modality: Modality | str, batch: torch.Tensor, normalize: bool | None = None
+    ) -> torch.Tensor:
         """A stacked batch of model inputs → float32 (B, dim) on the CPU.
+
+        ``normalize`` overrides the embedder's own choice (unit vectors, or the
+        reference's scaled outputs) for this call.
 
         Every vector is finite: rows whose input is not finite in the model's
         dtype (an IMU value of 1e30 is infinite in float16), or whose output is
@@ -94,7 +99,8 @@ class Embedder:
             for row in _rows_not_finite(batch):
                 reasons[row] = f"its values overflow the model's {str(self.dtype)[6:]}"
         with self._autocast():
-            out = self.model.embed(modality.encoder, batch, normalize=self.normalize)
+            unit = self.normalize if normalize is None else normalize
+            out = self.model.embed(modality.encoder, batch, normalize=unit)
         vectors = out.float().cpu()
         for row in _rows_not_finite(vectors):
             reasons.setdefault(
@@ -114,7 +120,11 @@ class Embedder:
             self.embed_tensors(modality, self.example_batch(modality))
 
     def embed(
-        self, modality: Modality | str, items: Sequence[bytes | str], batch_size: int = 16
+        self,
+        modality: Modality | str,
+        items: Sequence[bytes | str],
+        batch_size: int = 16,
+        normalize: bool | None = None,
     ) -> np.ndarray:
         """Raw items (bytes; strings for text) → float32 (len(items), dim), in input order.
 
@@ -130,8 +140,35 @@ class Embedder:
                 modality, items[start : start + size], first_index=start
             )
             try:
-                vectors.append(self.embed_tensors(modality, batch).numpy())
+                vectors.append(self.embed_tensors(modality, batch, normalize).numpy())
             except NonFiniteVectors as err:
                 row = min(err.reasons)
                 raise InputError(modality.value, start + row, err.reasons[row]) from None
         return np.concatenate(vectors)
+
+    def classify(
+        self,
+        modality: Modality | str,
+        items: Sequence[bytes | str],
+        labels: Sequence[str],
+        templates: Sequence[str] | None = None,
+        batch_size: int = 16,
+    ) -> np.ndarray:
+        """Zero-shot label probabilities, float32 (len(items), len(labels)), rows summing to 1.
+
+        Computed as the reference computes it: a softmax over the items' outputs
+        times each label's text output, both with their logit scales (see
+        :mod:`.zero_shot`). ``templates``: the prompts a label is put into
+        (``"{}"``: the label as it is); default the modality's
+        (:data:`~.zero_shot.TEMPLATES`).
+        """
+        from .zero_shot import label_logits, label_vectors, templates_for
+
+        modality = Modality(modality)
+        chosen = templates_for(modality, templates)
+        prompts = [template.format(label) for label in labels for template in chosen]
+        texts = self.embed(Modality.TEXT, prompts, batch_size, normalize=True)
+        classes = label_vectors(texts, len(labels), self.model.logit_scale("text"))
+        outputs = self.embed(modality, items, batch_size, normalize=False)
+        logits = label_logits(outputs, classes)
+        return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()

@@ -1,7 +1,10 @@
-"""``ib-query``: near-media and near-text search in a collection, from the command line.
+"""``ib-query``: near-media, near-text and composed search in a collection, from the command line.
 
-Without ``--weaviate-url`` it starts the local stack (``pipelines.stack``) on
-its data directory, queries, and stops it again.
+One ``--near-*`` item is embedded by Weaviate's vectorizer module; several
+(repeated or mixed, optionally weighted) are embedded by our inference server
+and added: :func:`pipelines.near.compose`. Without ``--weaviate-url`` it
+starts the local stack (``pipelines.stack``) on its data directory, queries,
+and stops it again.
 """
 
 from __future__ import annotations
@@ -27,18 +30,71 @@ from .command import (
     fail,
 )
 from .connection import connect_first, node_unreachable, parse_nodes
-from .near import NEAR_KINDS, NoSuchCollection, near, open_collection
+from .near import (
+    NEAR_KINDS,
+    NoSuchCollection,
+    hybrid,
+    near,
+    near_composed,
+    open_collection,
+    where_filter,
+)
+
+
+class _QueryItem(argparse.Action):
+    """``--near-KIND VALUE``: appends ``(KIND, VALUE)`` to ``items``, in the order given."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), (self.const, value)])
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
-        prog="ib-query", description="Search a multi2vec-bind collection by media or text."
+        prog="ib-query",
+        description="Search a multi2vec-bind collection by media or text, or by several "
+        "items at once (their vectors added).",
     )
     parser.add_argument("--collection", required=True)
-    near = parser.add_mutually_exclusive_group(required=True)
     for name in NEAR_KINDS:
         metavar = "TEXT" if name == "text" else "FILE"
-        near.add_argument(f"--near-{name}", metavar=metavar, help=f"query by {name}")
+        parser.add_argument(
+            f"--near-{name}",
+            action=_QueryItem,
+            const=name,
+            dest="items",
+            metavar=metavar,
+            help=f"query by {name} (repeatable; mix kinds to compose a query)",
+        )
+    parser.add_argument(
+        "--weights",
+        help="W1,W2,...: one weight per --near-* item, in the order given (negative "
+        "subtracts; default all 1)",
+    )
+    parser.add_argument(
+        "--vectorizer-url",
+        help="our inference server, which embeds a composed query's items (default: the "
+        "local stack's)",
+    )
+    parser.add_argument(
+        "--hybrid",
+        type=float,
+        metavar="ALPHA",
+        help="with one --near-text: Weaviate's hybrid search, keywords (BM25) fused with the "
+        "vector search; ALPHA 1 is vector only, 0 keywords only",
+    )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="PROP=VALUE",
+        help="only objects whose PROP equals VALUE (repeatable, all must hold; on an array "
+        "property such as labels, any element)",
+    )
+    parser.add_argument(
+        "--target-vector",
+        help="the named vector to search (default: the collection's ImageBind vector)",
+    )
+    parser.add_argument("--tenant", help="the tenant of a multi-tenant collection")
     parser.add_argument("--limit", type=int, default=10)
     add_weaviate_flags(
         parser, "replicas that must answer alike: ONE keeps answering while nodes are down"
@@ -50,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def connect(args: argparse.Namespace, resources: ExitStack):
-    """A client for --weaviate-url, or for a local stack started (and stopped) here."""
+    """A client for --weaviate-url, or for a local stack started (and stopped) here (whose
+    server then embeds a composed query's items, unless --vectorizer-url says otherwise)."""
     if args.weaviate_url:
         nodes = parse_nodes(args.weaviate_url, args.grpc_port)
         try:
@@ -69,6 +126,7 @@ def connect(args: argparse.Namespace, resources: ExitStack):
         except StackError as err:
             raise CommandError(f"cannot start the local stack: {err}") from None
         client = stack.client()
+        args.vectorizer_url = args.vectorizer_url or stack.endpoints.vectorizer
     resources.callback(client.close)
     return client
 
@@ -78,17 +136,53 @@ def search(client, args: argparse.Namespace) -> list[dict]:
         collection = open_collection(client, args.collection, args.consistency_level)
     except NoSuchCollection as err:
         raise CommandError(str(err)) from None
-    kind, value = next(
-        (k, getattr(args, f"near_{k}"))
-        for k in NEAR_KINDS
-        if getattr(args, f"near_{k}") is not None
+    if args.tenant:
+        collection = collection.with_tenant(args.tenant)
+    options = {
+        "limit": args.limit,
+        "filters": where_filter(collection, args.where),
+        "target_vector": args.target_vector,
+    }
+    if args.hybrid is not None:
+        if [kind for kind, _ in args.items] != ["text"] or args.weights is not None:
+            raise CommandError("--hybrid searches one --near-text (keywords need text)")
+        return hybrid(collection, args.items[0][1], args.hybrid, **options)
+    items = [(kind, read_item(kind, value)) for kind, value in args.items]
+    weights = parse_weights(args.weights, len(items))
+    if len(items) == 1 and weights is None:  # Weaviate's vectorizer module embeds it
+        kind, value = items[0]
+        return near(collection, kind, value, **options)
+    if not args.vectorizer_url:
+        raise CommandError(
+            "a composed query needs its items' vectors: pass --vectorizer-url (the inference "
+            "server Weaviate uses), or query the local stack with --data-dir"
+        )
+    return near_composed(
+        collection, items, vectorizer_url=args.vectorizer_url, weights=weights, **options
     )
-    if kind != "text":
-        try:
-            value = Path(value).read_bytes()
-        except OSError as err:
-            raise CommandError(f"cannot read {value}: {err.strerror}") from None
-    return near(collection, kind, value, limit=args.limit)
+
+
+def read_item(kind: str, value: str) -> str | bytes:
+    """A query item's content: the text itself, or the bytes of the file it names."""
+    if kind == "text":
+        return value
+    try:
+        return Path(value).read_bytes()
+    except OSError as err:
+        raise CommandError(f"cannot read {value}: {err.strerror}") from None
+
+
+def parse_weights(text: str | None, count: int) -> list[float] | None:
+    """``--weights W1,W2,...`` for ``count`` items; CommandError if it does not fit."""
+    if text is None:
+        return None
+    try:
+        weights = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise CommandError(f"--weights {text!r}: expected numbers like 1,0.5,-0.3") from None
+    if len(weights) != count:
+        raise CommandError(f"--weights gives {len(weights)} weights for {count} --near-* items")
+    return weights
 
 
 # A node that has just died is still asked for its shards (and, if it led the Raft
@@ -114,12 +208,13 @@ def print_hits(hits: list[dict], as_json: bool) -> None:
     if not hits:
         print("no results")
         return
-    print(f"{'#':>3}  {'distance':>9}  {'id':36}  properties")
+    measure = "distance" if "distance" in hits[0] else "score"  # hybrid search: a score
+    print(f"{'#':>3}  {measure:>9}  {'id':36}  properties")
     for rank, hit in enumerate(hits, start=1):
         properties = dict(hit["properties"])
         moment = time_range(properties)
         props = ", ".join(f"{k}={_short(v)}" for k, v in sorted(properties.items()))
-        print(f"{rank:>3}  {hit['distance']:9.5f}  {hit['id']:36}  {moment}{props}")
+        print(f"{rank:>3}  {hit[measure]:9.5f}  {hit['id']:36}  {moment}{props}")
 
 
 def time_range(properties: dict) -> str:
@@ -140,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit < 1:
         return fail("ib-query", "--limit must be at least 1")
+    if not args.items:
+        return fail("ib-query", "give what to search for: --near-text, --near-image, ...")
     try:
         with ExitStack() as resources:
             client = connect(args, resources)

@@ -37,7 +37,8 @@ CONFIG_KEYWORD = {
 }
 SOURCE_ID = "source_id"  # where pipelines keep the id an object was made from
 PARENT_ID = "parent_id"  # a segment's source (see pipelines.ingest.segments)
-EXACT_TEXT = (SOURCE_ID, PARENT_ID)  # ids: matched whole, never split into words
+MODALITY = "modality"  # the modalities of an object's fields (image, audio, ...), filterable
+EXACT_TEXT = (SOURCE_ID, PARENT_ID, MODALITY)  # matched whole, never split into words
 DEFAULT_VECTOR_NAME = "imagebind"
 # The line of a collection's description that lists where its stored URIs were read from.
 MEDIA_ROOTS_LINE = "ib-ingest media roots: "
@@ -99,6 +100,7 @@ def create_bind_collection(
     metadata: Mapping[str, object] | None = None,
     vector_name: str = DEFAULT_VECTOR_NAME,
     replication_factor: int | None = None,
+    multi_tenancy: bool = False,
 ):
     """Create (or return, if it exists) a collection vectorized by our server via Weaviate.
 
@@ -108,7 +110,9 @@ def create_bind_collection(
     cluster (Weaviate's default: 1); a node that was down catches up by
     Weaviate's async replication, on by default since 1.38. An existing
     collection with another factor is an error: Weaviate does not change it
-    by updating the definition.
+    by updating the definition. ``multi_tenancy`` makes a collection whose
+    objects live in tenants (each isolated, created with
+    :func:`ensure_tenant`); an existing collection must agree.
     """
     from weaviate.classes.config import DataType
 
@@ -116,6 +120,14 @@ def create_bind_collection(
         raise ValueError(f"a replication factor is 1 or more, not {replication_factor}")
     if client.collections.exists(name):
         collection = client.collections.get(name)
+        tenanted = collection.config.get().multi_tenancy_config.enabled
+        if tenanted != multi_tenancy:
+            raise ValueError(
+                f"collection {name} is multi-tenant: name a tenant (--tenant)"
+                if tenanted
+                else f"collection {name} is not multi-tenant: drop --tenant, or use a new "
+                "collection for tenants"
+            )
         if replication_factor is not None:
             existing = collection.config.get().replication_config.factor
             if existing != replication_factor:
@@ -126,7 +138,8 @@ def create_bind_collection(
                 )
         return collection
     types = {f.name: f.data_type for f in fields}
-    for key, data_type in {SOURCE_ID: DataType.TEXT, **(metadata or {})}.items():
+    defaults = {SOURCE_ID: DataType.TEXT, MODALITY: DataType.TEXT_ARRAY}
+    for key, data_type in {**defaults, **(metadata or {})}.items():
         types.setdefault(key, data_type)
     vector_config = _weaviate_module_config(bind_vector_config(fields, vector_name))
     definition = {
@@ -136,7 +149,17 @@ def create_bind_collection(
     }
     if replication_factor is not None:
         definition["replicationConfig"] = {"factor": replication_factor}
+    if multi_tenancy:
+        definition["multiTenancyConfig"] = {"enabled": True}
     return client.collections.create_from_dict(definition)
+
+
+def ensure_tenant(collection, tenant: str) -> None:
+    """Create ``tenant`` in a multi-tenant collection unless it exists."""
+    from weaviate.classes.tenants import Tenant
+
+    if not collection.tenants.exists(tenant):
+        collection.tenants.create([Tenant(name=tenant)])
 
 
 def recorded_media_roots(description: str | None) -> list[str]:

@@ -76,7 +76,7 @@ def test_ib_ingest_shows_progress_and_the_closing_summary(stack, tmp_path):
         ("ib-query", ["--collection", "C", "--near-text", "x", "--checkpoint", "{missing}"],
          "ib-vectorizer download"),
         ("ib-query", ["--collection", "C", "--near-text", "x", "--limit", "0"], "--limit"),
-        ("ib-query", ["--collection", "C"], "one of the arguments"),
+        ("ib-query", ["--collection", "C"], "give what to search for"),
         ("ib-stack", ["--checkpoint", "{missing}"], "ib-vectorizer download"),
         ("ib-stack", ["--dtype", "float8"], "invalid choice"),
         ("ib-stack", ["--nodes", "0"], "--nodes must be 1 or more"),

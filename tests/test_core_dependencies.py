@@ -73,7 +73,7 @@ def test_version_and_help(core_env):
     assert ib_vectorizer(core_env, "--version").returncode == 0
     result = ib_vectorizer(core_env, "--help")
     assert result.returncode == 0
-    assert "{embed,download,serve,bench}" in result.stdout  # the stack is ib-stack now
+    assert "{embed,classify,download,serve,bench}" in result.stdout  # the stack is ib-stack now
 
 
 def test_embed(core_env, tmp_path):

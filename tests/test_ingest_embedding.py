@@ -13,12 +13,8 @@ from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
 from pipelines.ingest.model_handler import ObjectModelHandler
 from pipelines.ingest.ready import ReadyObject
-from pipelines.ingest.server_embed import (
-    ServerModelHandler,
-    Vectorizer,
-    VectorizerError,
-    worth_retrying,
-)
+from pipelines.ingest.server_embed import ServerModelHandler, Vectorizer, worth_retrying
+from pipelines.vectorizer import VectorizerError
 
 from .fixture_data import INPUTS
 from .server_process import ServerProcess

@@ -69,7 +69,13 @@ def test_object_properties_vector_and_id():
     obj = to_weaviate_object(
         ready(image=b"\x01\x02", text="hi"), {"image": np.ones(2), "text": np.zeros(2)}, config()
     )
-    assert obj["properties"] == {"year": 2020, "source_id": "id-1", "image": "AQI=", "text": "hi"}
+    assert obj["properties"] == {
+        "year": 2020,
+        "source_id": "id-1",
+        "modality": ["image", "text"],
+        "image": "AQI=",
+        "text": "hi",
+    }
     np.testing.assert_allclose(obj["vector"], [0.5, 0.5])
     written = to_data_object(obj, "imagebind")
     assert written.uuid == str(generate_uuid5("id-1"))  # the same id → the same object

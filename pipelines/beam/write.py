@@ -41,7 +41,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from ib_vectorizer.retry import first_line
 
-from ..schema import DEFAULT_VECTOR_NAME
+from ..schema import DEFAULT_VECTOR_NAME, ensure_tenant
 from .counters import Counter
 from .failures import Failure
 from .target import BACKOFF, CollectionDoFn, WeaviateTarget
@@ -112,7 +112,6 @@ def ensure_collection(target: WeaviateTarget, vector_name: str) -> None:
     """Create the target collection (a named vector of our own, no vectorizer) and its
     tenant, unless they exist; several workers may race to do it."""
     from weaviate.classes.config import Configure
-    from weaviate.classes.tenants import Tenant
 
     client = target.connect()
     try:
@@ -129,9 +128,7 @@ def ensure_collection(target: WeaviateTarget, vector_name: str) -> None:
                 if not client.collections.exists(target.collection):  # not a lost race
                     raise
         if target.tenant:
-            collection = client.collections.get(target.collection)
-            if not collection.tenants.exists(target.tenant):
-                collection.tenants.create([Tenant(name=target.tenant)])
+            ensure_tenant(client.collections.get(target.collection), target.tenant)
     finally:
         client.close()
 

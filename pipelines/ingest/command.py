@@ -42,7 +42,13 @@ from ..command import (
     fail,
 )
 from ..connection import parse_nodes
-from ..schema import DEFAULT_VECTOR_NAME, EXACT_TEXT, MediaField, create_bind_collection
+from ..schema import (
+    DEFAULT_VECTOR_NAME,
+    EXACT_TEXT,
+    MODALITY,
+    MediaField,
+    create_bind_collection,
+)
 from ..stack import StackError
 from .incremental import CONTENT_HASH, model_fingerprint
 from .inputs import InputSpec, parse_modality_columns, plan_fields
@@ -80,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="a new collection keeps each shard on this many nodes (Weaviate's default 1)",
+    )
+    p.add_argument(
+        "--tenant",
+        help="write into this tenant of a multi-tenant collection (made, and the tenant, if "
+        "missing)",
     )
     p.add_argument("--embed", choices=("local", "server", "weaviate"), default="local")
     p.add_argument("--vectorizer-url", help="for --embed server (default: the local stack's)")
@@ -302,6 +313,7 @@ def run(
             api_key,
             other_nodes=tuple(others),
             consistency_level=args.consistency_level,
+            tenant=args.tenant,
         )
         rule = parse_rule(args.segment_seconds, args.segment_overlap)
         prepare_collection(
@@ -426,7 +438,7 @@ def prepare_collection(
     from weaviate.classes.config import DataType, Property, Tokenization
 
     from ..paths import absolute, dirname
-    from ..schema import record_media_root
+    from ..schema import ensure_tenant, record_media_root
 
     client = target.connect()
     try:
@@ -435,6 +447,7 @@ def prepare_collection(
             uris = {f"{f.name}_uri": DataType.TEXT for f in fields if f.modality in SEGMENTED}
             metadata.update({**uris, **segment_properties()})
         metadata[CONTENT_HASH] = DataType.TEXT
+        metadata[MODALITY] = DataType.TEXT_ARRAY
         collection = create_bind_collection(
             client,
             target.collection,
@@ -442,10 +455,13 @@ def prepare_collection(
             metadata,
             DEFAULT_VECTOR_NAME,
             replication_factor,
+            multi_tenancy=target.tenant is not None,
         )
+        if target.tenant is not None:
+            ensure_tenant(collection, target.tenant)
         present = {p.name for p in collection.config.get().properties}
         for name, data_type in metadata.items():
-            if name not in present and (name == CONTENT_HASH or segmented):
+            if name not in present and (name in (CONTENT_HASH, MODALITY) or segmented):
                 exact = Tokenization.FIELD if name in EXACT_TEXT else None
                 collection.config.add_property(
                     Property(name=name, data_type=data_type, tokenization=exact)

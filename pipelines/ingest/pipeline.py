@@ -27,7 +27,7 @@ from ib_vectorizer.preprocess.segments import SegmentRule
 from ..beam.failures import Failure
 from ..beam.target import WeaviateTarget
 from ..beam.write import WriteToWeaviate
-from ..schema import DEFAULT_VECTOR_NAME, SOURCE_ID, MediaField, combine_like_weaviate
+from ..schema import DEFAULT_VECTOR_NAME, MODALITY, SOURCE_ID, MediaField, combine_like_weaviate
 from .decode import FAILURES, Decode, ReadFields, ReadyObject
 from .incremental import CONTENT_HASH, DeleteMissing, skip_unchanged
 from .inputs import InputSpec
@@ -63,6 +63,7 @@ def to_weaviate_object(ready: ReadyObject, vectors: dict | None, config: IngestC
     BLOBs, or their URIs) and the combined vector (None: Weaviate embeds the object)."""
     properties = dict(ready.properties)
     properties[SOURCE_ID] = ready.source_id
+    properties[MODALITY] = sorted({modality.label for modality in ready.modalities.values()})
     if ready.content_hash:
         properties[CONTENT_HASH] = ready.content_hash
     for name, content in ready.media.items():

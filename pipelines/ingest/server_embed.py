@@ -12,10 +12,6 @@ message, and the rest get their vectors.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,18 +22,11 @@ from apache_beam.ml.inference.base import RemoteModelHandler
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.serving.protocol import RESPONSE_KEYS, WIRE_NAME
 
+from ..vectorizer import VectorizerError, post_vectorize
 from .model_handler import EmbeddedObject, batch_num_bytes, batching_by_views
 from .ready import ReadyObject
 
 ISOLATE = (400, 413)  # the request names a bad item, or is too large: split it
-
-
-class VectorizerError(Exception):
-    """An answer other than 200 (``status`` 0: no answer at all)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def worth_retrying(err: Exception) -> bool:
@@ -45,25 +34,6 @@ def worth_retrying(err: Exception) -> bool:
     if isinstance(err, VectorizerError):
         return err.status == 0 or err.status == 429 or err.status >= 500
     return True
-
-
-def post_vectorize(url: str, payload: dict, timeout: float = 300.0) -> dict:
-    """One ``/vectorize`` request; any failure is a :class:`VectorizerError`."""
-    request = urllib.request.Request(
-        f"{url}/vectorize",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        message = err.read().decode(errors="replace")
-        with contextlib.suppress(json.JSONDecodeError, AttributeError):
-            message = json.loads(message).get("error", message)
-        raise VectorizerError(err.code, message) from None
-    except OSError as err:
-        raise VectorizerError(0, f"vectorizer at {url} unreachable: {err}") from None
 
 
 def embed_via_server(url: str, objects: Sequence[ReadyObject]) -> list[EmbeddedObject]:

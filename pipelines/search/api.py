@@ -29,7 +29,7 @@ from ib_vectorizer.retry import first_line
 
 from ..connection import node_unreachable
 from ..near import NoSuchCollection, near, open_collection
-from ..schema import PARENT_ID, SOURCE_ID, recorded_media_roots
+from ..schema import MODALITY, PARENT_ID, SOURCE_ID, recorded_media_roots
 from .access import MediaFile, MediaRoots, allowed_url, is_web_url, open_media_file
 from .detect import content_type, detect_modality
 from .errors import ApiError
@@ -280,6 +280,13 @@ class SearchService:
         collection = self.collection(request.collection)
         filters = request.weaviate_filter(layout)
         shown = list(layout.properties)
+        scan_for = request.modality
+        if scan_for is not None and MODALITY in layout.properties:  # exact, in Weaviate
+            from weaviate.classes.query import Filter
+
+            by_modality = Filter.by_property(MODALITY).contains_any([scan_for])
+            filters = by_modality if filters is None else Filter.all_of([filters, by_modality])
+            scan_for = None  # collections made before the property: filtered here, below
 
         def page(offset: int, limit: int) -> list[dict]:
             return self._weaviate(
@@ -294,7 +301,7 @@ class SearchService:
                 )
             )
 
-        if request.modality is None:
+        if scan_for is None:
             hits = page(request.offset, request.limit + 1)
             more = len(hits) > request.limit
             hits = self._with_media(request.collection, layout, hits[: request.limit])
@@ -305,7 +312,7 @@ class SearchService:
                 found = page(scanned, batch)
                 scanned += len(found)
                 for hit in self._with_media(request.collection, layout, found):
-                    if any(m["modality"] == request.modality for m in hit["media"]):
+                    if any(m["modality"] == scan_for for m in hit["media"]):
                         hits.append(hit)
                 if len(found) < batch:
                     break
