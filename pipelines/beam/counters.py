@@ -12,6 +12,8 @@ import threading
 
 import apache_beam as beam
 
+DEFAULT_NAMESPACE = "weaviate"  # of the Weaviate steps' counters (read, written, failed)
+
 _totals: collections.Counter[tuple[str, str]] = collections.Counter()
 _totals_lock = threading.Lock()
 

@@ -155,22 +155,6 @@ class ImageBindModelHandler(ImageBindModelBase):
         self._init(modality, options, max_batch_views, share_model_across_processes)
         self.decode_before_batching = decode_before_batching
 
-    @classmethod
-    def from_options(
-        cls,
-        modality: Modality | str,
-        options: ModelOptions,
-        *,
-        max_batch_views: int = 64,
-        share_model_across_processes: bool = False,
-        decode_before_batching: bool = True,
-    ) -> ImageBindModelHandler:
-        """A handler for :class:`ModelOptions` already made (the command lines' flags)."""
-        handler = cls.__new__(cls)
-        handler._init(modality, options, max_batch_views, share_model_across_processes)
-        handler.decode_before_batching = decode_before_batching
-        return handler
-
     def _init(self, modality, options, max_batch_views, share) -> None:
         ImageBindModelBase.__init__(self, options, max_batch_views, share)
         self.modality = Modality.parse(modality) if isinstance(modality, str) else modality

@@ -13,10 +13,8 @@ from typing import Any
 
 import apache_beam as beam
 
-from .counters import Counter
+from .counters import DEFAULT_NAMESPACE, Counter
 from .target import WeaviateTarget
-
-DEFAULT_NAMESPACE = "weaviate"
 
 
 class _ReadCollection(beam.DoFn):

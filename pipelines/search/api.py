@@ -28,7 +28,7 @@ from ib_vectorizer.modalities import Modality
 from ib_vectorizer.retry import first_line
 
 from ..connection import node_unreachable
-from ..near import NoSuchCollection, near, open_collection
+from ..near import NoSuchCollection, imagebind_vector, near, open_collection
 from ..schema import MODALITY, PARENT_ID, SOURCE_ID, recorded_media_roots
 from .access import MediaFile, MediaRoots, allowed_url, is_web_url, open_media_file
 from .detect import content_type, detect_modality
@@ -280,6 +280,7 @@ class SearchService:
         collection = self.collection(request.collection)
         filters = request.weaviate_filter(layout)
         shown = list(layout.properties)
+        vector = self._weaviate(lambda: imagebind_vector(collection))  # once, not per page
         scan_for = request.modality
         if scan_for is not None and MODALITY in layout.properties:  # exact, in Weaviate
             from weaviate.classes.query import Filter
@@ -298,6 +299,7 @@ class SearchService:
                     offset=offset,
                     filters=filters,
                     return_properties=shown,
+                    target_vector=vector,
                 )
             )
 
