@@ -161,12 +161,12 @@ def run_classify(args: argparse.Namespace) -> int:
             if modality is Modality.TEXT
             else [_read(name, modality, i) for i, name in enumerate(args.inputs)]
         )
-        probabilities = embedder.classify(modality, items, labels, templates, args.batch_size)
+        logits = embedder.zero_shot_logits(modality, items, labels, templates, args.batch_size)
     except InputError as err:
         where = f"text {err.index}" if modality is Modality.TEXT else args.inputs[err.index]
         print(f"error: {where}: {err.reason}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    rankings = top_labels(probabilities, labels, args.top_k)
+    rankings = top_labels(logits, labels, args.top_k)
     for name, ranked in zip(args.inputs, rankings, strict=True):
         if args.json:
             names, scores = [label for label, _ in ranked], [round(p, 6) for _, p in ranked]

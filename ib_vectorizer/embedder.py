@@ -162,13 +162,55 @@ class Embedder:
         (``"{}"``: the label as it is); default the modality's
         (:data:`~.zero_shot.TEMPLATES`).
         """
-        from .zero_shot import label_logits, label_vectors, templates_for
+        from .zero_shot import softmax
+
+        return softmax(self.zero_shot_logits(modality, items, labels, templates, batch_size))
+
+    def zero_shot_logits(
+        self,
+        modality: Modality | str,
+        items: Sequence[bytes | str],
+        labels: Sequence[str],
+        templates: Sequence[str] | None = None,
+        batch_size: int = 16,
+    ) -> np.ndarray:
+        """The logits :meth:`classify` turns into probabilities: what ranks labels exactly
+        (far from the top, probabilities are 0 in float32 and tie)."""
+        from .zero_shot import label_logits
 
         modality = Modality(modality)
+        classes = self._label_outputs(modality, labels, templates, batch_size)
+        return label_logits(self.embed(modality, items, batch_size, normalize=False), classes)
+
+    def label_scorer(
+        self,
+        labels: Sequence[str],
+        modalities: Sequence[Modality | str],
+        templates: Sequence[str] | None = None,
+        batch_size: int = 64,
+    ):
+        """A :class:`~.zero_shot.LabelScorer` of ``labels`` for items of ``modalities``:
+        scores stored unit vectors later with no model at hand (only text is embedded)."""
+        from .zero_shot import LabelScorer
+
+        chosen = [Modality(m) for m in dict.fromkeys(modalities)]
+        return LabelScorer(
+            labels=tuple(labels),
+            classes={m: self._label_outputs(m, labels, templates, batch_size) for m in chosen},
+            scales={m: self.model.logit_scale(m.encoder) for m in chosen},
+        )
+
+    def _label_outputs(
+        self,
+        modality: Modality,
+        labels: Sequence[str],
+        templates: Sequence[str] | None,
+        batch_size: int,
+    ) -> np.ndarray:
+        """Each label's text output for items of ``modality``: its prompts' ensemble, scaled."""
+        from .zero_shot import label_vectors, templates_for
+
         chosen = templates_for(modality, templates)
         prompts = [template.format(label) for label in labels for template in chosen]
         texts = self.embed(Modality.TEXT, prompts, batch_size, normalize=True)
-        classes = label_vectors(texts, len(labels), self.model.logit_scale("text"))
-        outputs = self.embed(modality, items, batch_size, normalize=False)
-        logits = label_logits(outputs, classes)
-        return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+        return label_vectors(texts, len(labels), self.model.logit_scale("text"))

@@ -18,7 +18,8 @@ so a caller can pass its own, and ``"{}"`` uses each label as it is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -69,15 +70,51 @@ def label_logits(item_outputs: np.ndarray, label_outputs: np.ndarray) -> np.ndar
     return (item_outputs.astype(np.float64) @ label_outputs.astype(np.float64).T).astype(np.float32)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable for the large logits of scaled text), as float32."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LabelScorer:
+    """Zero-shot scores of stored unit vectors, without the model.
+
+    Holds what :meth:`Embedder.classify` computes from the model: each label's
+    scaled text vector per modality (the templates differ by modality) and
+    each modality's logit scale. An item's logits are then
+    ``scale[m] · unit_vector @ classes[m].T``: for every modality but video
+    exactly what ``classify`` computes (a video's output is the mean of its
+    views' unit vectors, a little shorter than the unit vector stored).
+    """
+
+    labels: tuple[str, ...]
+    classes: Mapping[Modality, np.ndarray]  # modality → (labels, dim), text-scaled
+    scales: Mapping[Modality, float]  # an item's logit scale (vision and video 1)
+
+    def logits(self, modality: Modality, units: np.ndarray) -> np.ndarray:
+        """float32 (len(units), len(labels)); :func:`softmax` makes them probabilities."""
+        if modality not in self.classes:
+            raise KeyError(f"no label vectors for {modality.label}")
+        return label_logits(units * self.scales[modality], self.classes[modality])
+
+
 def top_labels(
-    probabilities: np.ndarray, labels: Sequence[str], k: int, min_score: float = 0.0
+    logits: np.ndarray, labels: Sequence[str], k: int, min_score: float = 0.0
 ) -> list[list[tuple[str, float]]]:
     """Per item, its ``k`` likeliest labels with their probabilities, best first, those
-    below ``min_score`` left out."""
+    below ``min_score`` left out.
+
+    Ranked by logit: with large logit scales (audio's 20 times text's 100) the
+    probabilities of all but the first few labels are 0 in float32 and would
+    tie.
+    """
     ranked = []
-    for row in probabilities:
+    for row, probabilities in zip(logits, softmax(logits), strict=True):
         order = np.argsort(-row, kind="stable")[:k]
-        ranked.append([(labels[j], float(row[j])) for j in order if row[j] >= min_score])
+        best = [(labels[j], float(probabilities[j])) for j in order]
+        ranked.append([(label, p) for label, p in best if p >= min_score])
     return ranked
 
 

@@ -1,4 +1,4 @@
-"""What ``ib-stack``, ``ib-query`` and ``ib-ingest`` share as commands.
+"""What ``ib-stack``, ``ib-query``, ``ib-ingest`` and ``ib-tag`` share as commands.
 
 A start-up problem (a bad flag, a missing checkpoint, a Weaviate that does not
 answer) is one line on stderr naming the problem and what to do, exit status
@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import NoReturn
 
 from ib_vectorizer.logs import LOG_FORMAT, quiet_ffmpeg_logs
@@ -20,7 +21,7 @@ from ib_vectorizer.server_process import http_status
 
 from .connection import CONSISTENCY_LEVELS
 
-OUR_LOGGERS = ("ib_ingest", "ib_vectorizer", "pipelines")
+OUR_LOGGERS = ("ib_ingest", "ib_tag", "ib_vectorizer", "pipelines")
 
 
 class CommandError(Exception):
@@ -69,6 +70,29 @@ def add_weaviate_flags(parser, consistency_help: str, url_group=None) -> None:
         "--weaviate-api-key",
         default=os.environ.get("WEAVIATE_API_KEY"),
         help="Weaviate's API key, when it requires one (default: $WEAVIATE_API_KEY)",
+    )
+
+
+def add_label_flags(group, required: bool = False) -> None:
+    """``--labels FILE``, ``--label-template``, ``--top-k``, ``--min-score``: the zero-shot
+    tags of ib-ingest and ib-tag (:class:`pipelines.labels.LabelSet`)."""
+    group.add_argument(
+        "--labels",
+        required=required,
+        metavar="FILE",
+        help="tag every object with the labels of this file (one per line)",
+    )
+    group.add_argument(
+        "--label-template",
+        help="the prompt a label is put into, e.g. 'a photo of a {}.' ('{}': the label as it "
+        "is; default: each modality's templates)",
+    )
+    group.add_argument("--top-k", type=int, default=5, help="labels kept per object (default 5)")
+    group.add_argument(
+        "--min-score",
+        type=float,
+        default=0.0,
+        help="keep only labels at least this likely (0 to 1, default 0)",
     )
 
 
@@ -139,6 +163,32 @@ def check_weaviate(url: str) -> None:
             f"nothing answers at {url}: start Weaviate there, or fix --weaviate-url "
             "(without it, the local stack is started)"
         )
+
+
+def run_beam_command(module: str, argv: Sequence[str] | None) -> int:
+    """Run ``main(argv)`` of the command ``module`` (``pipelines.ingest.command``), whose
+    import pulls in Beam, with logging set up first.
+
+    Importing Beam logs a warning about optional Google Cloud client libraries,
+    and Google's client libraries warn about their own support dates (this
+    Python, grpcio's); none of it says anything about the job, so the import
+    runs with those held back and a user's terminal shows only what the job says.
+    """
+    import importlib
+    import warnings
+
+    console_logging()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
+            command = importlib.import_module(module)
+    finally:
+        root.setLevel(level)
+    console_logging()
+    return command.main(argv)
 
 
 def fail(prog: str, message: str) -> int:

@@ -170,6 +170,27 @@ def near_composed(
     """Hits for several query items at once: ``items`` are ``(kind, value)`` as for
     :func:`near` (``text`` with a str, a media label with the file's bytes), embedded
     by our inference server at ``vectorizer_url`` and composed (:func:`compose`)."""
+    return near(
+        collection,
+        "vector",
+        composed_vector(items, vectorizer_url=vectorizer_url, weights=weights),
+        limit=limit,
+        offset=offset,
+        filters=filters,
+        return_properties=return_properties,
+        target_vector=target_vector,
+    )
+
+
+def composed_vector(
+    items: Sequence[tuple[str, str | bytes]],
+    *,
+    vectorizer_url: str,
+    weights: Sequence[float] | None = None,
+) -> np.ndarray:
+    """The query vector of :func:`near_composed`'s ``items``, on its own so a caller that
+    searches several pages of one query (the search page) embeds its items once.
+    ValueError names the item our inference server could not embed."""
     from .vectorizer import VectorizerError, vectorize_one
 
     vectors = []
@@ -180,16 +201,7 @@ def near_composed(
             vectors.append(vectorize_one(vectorizer_url, Modality.parse(kind), value))
         except VectorizerError as err:
             raise ValueError(f"query item {number} ({kind}): {err}") from None
-    return near(
-        collection,
-        "vector",
-        compose(vectors, weights),
-        limit=limit,
-        offset=offset,
-        filters=filters,
-        return_properties=return_properties,
-        target_vector=target_vector,
-    )
+    return compose(vectors, weights)
 
 
 def where_filter(collection, conditions: Sequence[str]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,7 +38,9 @@ CONFIG_KEYWORD = {
 SOURCE_ID = "source_id"  # where pipelines keep the id an object was made from
 PARENT_ID = "parent_id"  # a segment's source (see pipelines.ingest.segments)
 MODALITY = "modality"  # the modalities of an object's fields (image, audio, ...), filterable
-EXACT_TEXT = (SOURCE_ID, PARENT_ID, MODALITY)  # matched whole, never split into words
+LABELS = "labels"  # zero-shot tags, best first (see pipelines.labels), filterable
+LABEL_SCORES = "label_scores"  # their probabilities, in the same order
+EXACT_TEXT = (SOURCE_ID, PARENT_ID, MODALITY, LABELS)  # matched whole, never split into words
 DEFAULT_VECTOR_NAME = "imagebind"
 # The line of a collection's description that lists where its stored URIs were read from.
 MEDIA_ROOTS_LINE = "ib-ingest media roots: "
@@ -93,6 +95,51 @@ def _weaviate_module_config(vector_config) -> dict:
     return config
 
 
+def field_vector_configs(
+    fields: Sequence[MediaField], vector_name: str = DEFAULT_VECTOR_NAME
+) -> dict[str, dict]:
+    """A named vector per media field, named after it and vectorized from it alone.
+
+    Each is ``multi2vec-bind`` on one field, so Weaviate embeds it itself when
+    no vector is given, and vectorizes a near_text/near_image query on it. Its
+    value is the field's own embedding (the combination of one vector is that
+    vector). A field named like the combined vector ``vector_name`` is refused:
+    the two would share one name.
+    """
+    clash = [f.name for f in fields if f.name == vector_name]
+    if clash:
+        raise ValueError(
+            f"media field {clash[0]!r} cannot have a vector of its own: the combined vector "
+            f"is named {vector_name!r} too; rename the field"
+        )
+    return {
+        f.name: _weaviate_module_config(bind_vector_config([replace(f, weight=None)], f.name))
+        for f in sorted(fields, key=lambda f: f.name)
+    }
+
+
+def _add_vectors(collection, configs: Mapping[str, dict]) -> None:
+    """Add named vectors (``configs``, as Weaviate reads them) to an existing collection.
+
+    weaviate-client's ``config.add_vector`` sends each config's ``_to_dict()``,
+    which would spell the IMU keys its own way; this sends ours instead.
+    """
+    from weaviate.collections.classes.config_vectors import VectorConfigCreate
+
+    class AsWeaviateReads(VectorConfigCreate):
+        corrected: dict
+
+        def _to_dict(self, **_: object) -> dict:
+            return self.corrected
+
+    collection.config.add_vector(
+        vector_config=[
+            AsWeaviateReads.model_construct(name=name, corrected=config)
+            for name, config in configs.items()
+        ]
+    )
+
+
 def create_bind_collection(
     client,
     name: str,
@@ -101,6 +148,7 @@ def create_bind_collection(
     vector_name: str = DEFAULT_VECTOR_NAME,
     replication_factor: int | None = None,
     multi_tenancy: bool = False,
+    field_vectors: bool = False,
 ):
     """Create (or return, if it exists) a collection vectorized by our server via Weaviate.
 
@@ -113,6 +161,11 @@ def create_bind_collection(
     by updating the definition. ``multi_tenancy`` makes a collection whose
     objects live in tenants (each isolated, created with
     :func:`ensure_tenant`); an existing collection must agree.
+    ``field_vectors`` adds a named vector per media field besides the combined
+    one (:func:`field_vector_configs`), to search one modality alone. An
+    existing collection gets the ones it lacks (its objects have none under
+    them until written again); one that has them is refused without
+    ``field_vectors``, since objects written then would leave them out of step.
     """
     from weaviate.classes.config import DataType
 
@@ -136,7 +189,9 @@ def create_bind_collection(
                     f"{replication_factor}: Weaviate moves replicas for that (replica "
                     "movement), or ingest into a new collection"
                 )
+        _check_field_vectors(collection, fields, vector_name, field_vectors)
         return collection
+    per_field = field_vector_configs(fields, vector_name) if field_vectors else {}
     types = {f.name: f.data_type for f in fields}
     defaults = {SOURCE_ID: DataType.TEXT, MODALITY: DataType.TEXT_ARRAY}
     for key, data_type in {**defaults, **(metadata or {})}.items():
@@ -145,13 +200,34 @@ def create_bind_collection(
     definition = {
         "class": name,
         "properties": [_property(name, data_type) for name, data_type in types.items()],
-        "vectorConfig": {vector_name: vector_config},
+        "vectorConfig": {vector_name: vector_config, **per_field},
     }
     if replication_factor is not None:
         definition["replicationConfig"] = {"factor": replication_factor}
     if multi_tenancy:
         definition["multiTenancyConfig"] = {"enabled": True}
     return client.collections.create_from_dict(definition)
+
+
+def _check_field_vectors(
+    collection, fields: Sequence[MediaField], vector_name: str, field_vectors: bool
+) -> None:
+    """Give an existing collection the field vectors asked for, or refuse where it has them
+    and they are not asked for (objects written then would lack them)."""
+    config = collection.config.get()
+    vectors = set(config.vector_config or {})
+    properties = {p.name for p in config.properties}
+    present = sorted(n for n in vectors - {vector_name} if n in properties)
+    if field_vectors:
+        wanted = field_vector_configs(fields, vector_name)
+        missing = {name: c for name, c in wanted.items() if name not in vectors}
+        if missing:
+            _add_vectors(collection, missing)
+    elif present:
+        raise ValueError(
+            f"collection {config.name} has a vector per media field ({', '.join(present)}): "
+            "write it with them (ib-ingest --vector-per-field), or use a new collection"
+        )
 
 
 def ensure_tenant(collection, tenant: str) -> None:

@@ -26,13 +26,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
+from .conftest import SCREENSHOTS
 from .test_ingest import copy_dataset, run_ingest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).parent / "screenshots"
 COLLECTION = "Gallery"
 URI_COLLECTION = "GalleryUris"
 TEXT = "a dog barking loudly"  # text/note.txt of the dataset
@@ -101,24 +100,6 @@ def server(stack, gallery):
     )
     yield running.url
     running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser, request):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    yield opened
-    SCREENSHOTS.mkdir(exist_ok=True)
-    opened.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
 
 
 @pytest.fixture
@@ -217,12 +198,8 @@ def test_every_modality_is_shown_in_the_grid(server, page, csp_violations):
         assert item.get_attribute("data-source-id")
     expect(results(page).first.locator(".distance")).to_have_text("distance 0.0000")
     assert csp_violations == []  # the page's own policy lets all of it load
-    page.screenshot(path=str(SCREENSHOTS_DIR() / "results-grid.png"))
-
-
-def SCREENSHOTS_DIR() -> Path:
     SCREENSHOTS.mkdir(exist_ok=True)
-    return SCREENSHOTS
+    page.screenshot(path=str(SCREENSHOTS / "results-grid.png"))
 
 
 def test_a_chosen_image_file_finds_that_image(server, page, gallery):

@@ -33,9 +33,10 @@ from playwright.sync_api import expect, sync_playwright
 
 from pipelines.schema import MEDIA_ROOTS_LINE, recorded_media_roots
 
+from .conftest import CHROMIUM
 from .fixture_data import INPUTS
 from .test_ingest import run_ingest
-from .test_search_page import CHROMIUM, ROOT, SearchServer
+from .test_search_page import ROOT, SearchServer
 
 COLLECTION = "Vault"
 SECRET = b"ib-search-test-secret-bytes"  # appended to files that must never be sent

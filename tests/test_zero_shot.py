@@ -64,8 +64,16 @@ def test_templates_are_checked_and_every_modality_has_defaults():
 
 def test_top_labels_keeps_the_best_first_and_drops_the_unlikely():
     probabilities = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
-    ranked = top_labels(probabilities, ["a", "b", "c"], k=2, min_score=0.25)
-    assert ranked == [[("b", 0.6), ("c", 0.3)], [("a", 0.5), ("c", 0.3)]]
+    ranked = top_labels(np.log(probabilities), ["a", "b", "c"], k=2, min_score=0.25)
+    expected = [[("b", 0.6), ("c", 0.3)], [("a", 0.5), ("c", 0.3)]]
+    assert [[(label, pytest.approx(p)) for label, p in row] for row in expected] == ranked
+
+
+def test_labels_far_from_the_top_are_ranked_by_logit_though_their_probability_is_zero():
+    logits = np.array([[2000.0, 0.0, 900.0, 1500.0, 300.0]], dtype=np.float32)
+    ranked = top_labels(logits, ["a", "b", "c", "d", "e"], k=5)
+    assert [label for label, _ in ranked[0]] == ["a", "d", "c", "e", "b"]
+    assert ranked[0][0][1] == 1.0 and ranked[0][1][1] == 0.0
 
 
 def test_labels_files(tmp_path):

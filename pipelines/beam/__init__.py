@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .embeddings import ImageBindEmbeddings
     from .enrichment import WeaviateSearchEnrichmentHandler
-    from .failures import Failure
+    from .failures import Failure, write_failures
     from .inference import DecodedItem, ImageBindModelHandler, UnusableItem
     from .read import ReadFromWeaviate
     from .write import WeaviateWriteConfig, WriteToWeaviate, object_uuid
@@ -40,6 +40,7 @@ _MODULE_OF = {
     "WeaviateWriteConfig": "write",
     "WriteToWeaviate": "write",
     "object_uuid": "write",
+    "write_failures": "failures",
 }
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "WeaviateWriteConfig",
     "WriteToWeaviate",
     "object_uuid",
+    "write_failures",
 ]
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+
+import apache_beam as beam
 
 
 @dataclass(frozen=True)
@@ -17,3 +20,20 @@ class Failure:
 
     def as_dict(self) -> dict[str, str]:
         return {"id": self.id, "source": self.source, "stage": self.stage, "error": self.error}
+
+
+def write_failures(failures, path: str):
+    """Write a PCollection of Failures to one file: Parquet for ``.parquet``/``.pq``, else JSONL."""
+    rows = failures | "AsDicts" >> beam.Map(Failure.as_dict)
+    if path.endswith((".parquet", ".pq")):
+        import pyarrow as pa
+
+        schema = pa.schema([(k, pa.string()) for k in ("id", "source", "stage", "error")])
+        return rows | "DeadLetters" >> beam.io.WriteToParquet(
+            path, schema, num_shards=1, shard_name_template=""
+        )
+    return (
+        rows
+        | "AsJson" >> beam.Map(json.dumps)
+        | "DeadLetters" >> beam.io.WriteToText(path, num_shards=1, shard_name_template="")
+    )

@@ -31,10 +31,12 @@ from apache_beam.options.pipeline_options import (
 from ib_vectorizer.options import ModelOptions, add_flags, from_sources
 from ib_vectorizer.preprocess import Preprocessor
 
+from ..beam.failures import write_failures
 from ..beam.target import WeaviateTarget
 from ..command import (
     CommandError,
     CommandParser,
+    add_label_flags,
     add_weaviate_flags,
     check_checkpoint,
     check_weaviate,
@@ -42,6 +44,7 @@ from ..command import (
     fail,
 )
 from ..connection import parse_nodes
+from ..labels import LabelSet, ensure_label_properties, label_scorer, with_labels
 from ..schema import (
     DEFAULT_VECTOR_NAME,
     EXACT_TEXT,
@@ -52,7 +55,7 @@ from ..schema import (
 from ..stack import StackError
 from .incremental import CONTENT_HASH, model_fingerprint
 from .inputs import InputSpec, parse_modality_columns, plan_fields
-from .pipeline import IngestConfig, build, write_dead_letters
+from .pipeline import IngestConfig, build
 from .progress import (
     COUNTERS,
     NAMESPACE,
@@ -111,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--weights", default="", help="field weights, e.g. image=0.7,text=0.3")
     p.add_argument(
+        "--vector-per-field",
+        action="store_true",
+        help="also store each media field's own vector, named after the field, to search one "
+        "modality alone (ib-query --target-vector FIELD); every object needs every field",
+    )
+    p.add_argument(
         "--store-uri",
         action="store_true",
         help="store each media's source URI (<field>_uri) instead of its bytes",
@@ -143,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="seconds each segment overlaps the one before (default 0)",
     )
+    add_label_flags(p.add_argument_group("zero-shot tags (stored as labels and label_scores)"))
     p.add_argument(
         "--runner-metrics-url",
         help="a Flink or Spark UI to read the job's counters from while it runs, for the "
@@ -238,6 +248,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("ib-ingest", str(err))
 
 
+def label_set_of(args) -> LabelSet | None:
+    """The ``--labels`` flags as a LabelSet (None without ``--labels``)."""
+    if args.labels is None:
+        return None
+    if args.embed == "weaviate":
+        raise CommandError(
+            "--labels tags objects from the vectors the job makes: use --embed local or "
+            "server, or run ib-tag after this ingest"
+        )
+    return LabelSet.from_flags(args.labels, args.label_template, args.top_k, args.min_score)
+
+
 def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
     """Everything that can be checked before anything starts; CommandError/ValueError if not."""
     spec = InputSpec(args.input, args.id_column, parse_modality_columns(args.modality_columns))
@@ -251,6 +273,13 @@ def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
             "--segment-seconds cuts and embeds segments in the job itself: use --embed local "
             "(a server and Weaviate embed whole files)"
         )
+    if args.vector_per_field and (spec.kind == "directory" or args.segment_seconds):
+        raise CommandError(
+            "--vector-per-field needs objects that hold every media field (Weaviate refuses an "
+            "object without a vector under each field's name); a directory's files and "
+            "segments hold one field each, whose vector is the object's own: use a manifest, "
+            "or search one modality with ib-query --where modality=..."
+        )
     model = from_sources(ModelOptions, args)
     if args.replication_factor is not None and args.replication_factor < 1:
         raise CommandError(f"--replication-factor must be 1 or more, not {args.replication_factor}")
@@ -259,7 +288,8 @@ def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
             raise CommandError("--embed server with --weaviate-url needs --vectorizer-url")
         for url, _ in parse_nodes(args.weaviate_url, args.grpc_port):
             check_weaviate(url)
-    if args.embed == "local" or not args.weaviate_url:  # our model, or the stack's server
+    label_set_of(args)
+    if args.embed == "local" or not args.weaviate_url or args.labels:  # our model embeds
         check_checkpoint(model)
     if args.embed == "local":
         Preprocessor.for_model(model.config())  # a geometry preprocessing cannot follow
@@ -294,27 +324,8 @@ def run(
 ) -> int:
     from contextlib import ExitStack
 
-    from ..stack import LocalStack
-
     with ExitStack() as resources:
-        api_key = args.weaviate_api_key
-        if args.weaviate_url:
-            nodes, vectorizer = parse_nodes(args.weaviate_url, args.grpc_port), args.vectorizer_url
-        else:
-            stack = resources.enter_context(LocalStack(args.data_dir, model))
-            nodes = [(node.http, node.grpc_port) for node in stack.endpoints.nodes]
-            vectorizer = args.vectorizer_url or stack.endpoints.vectorizer
-            api_key = api_key or stack.api_key  # one the stack made, if its Weaviate needs one
-        (url, grpc_port), *others = nodes
-        target = WeaviateTarget(
-            url,
-            grpc_port,
-            args.collection,
-            api_key,
-            other_nodes=tuple(others),
-            consistency_level=args.consistency_level,
-            tenant=args.tenant,
-        )
+        target, vectorizer = open_target(args, model, resources)
         rule = parse_rule(args.segment_seconds, args.segment_overlap)
         prepare_collection(
             target,
@@ -323,8 +334,18 @@ def run(
             segmented=rule is not None,
             replication_factor=args.replication_factor,
             input_spec=spec,
+            tagged=args.labels is not None,
+            field_vectors=args.vector_per_field,
         )
         meta = fetch_meta(vectorizer) if vectorizer and args.embed != "local" else None
+        labels = label_set_of(args)
+        scorer = None
+        if labels is not None:
+            embedding = time.perf_counter()
+            scorer = label_scorer(model, labels, sorted({f.modality for f in fields}))
+            log.info(
+                "embedded %d labels in %.1f s", len(labels.labels), time.perf_counter() - embedding
+            )
         config = IngestConfig(
             spec=spec,
             collection=args.collection,
@@ -336,17 +357,22 @@ def run(
             max_batch_views=args.max_batch_views,
             store_uri=args.store_uri,
             share_model=args.share_model_across_processes,
-            fingerprint=model_fingerprint(args.embed, model, fields, meta),
+            fingerprint=with_labels(
+                model_fingerprint(args.embed, model, fields, meta, args.vector_per_field), labels
+            ),
             force=args.force,
             delete_missing=args.delete_missing,
             segments=rule,
+            field_vectors=args.vector_per_field,
+            labels=labels,
+            label_scorer=scorer,
         )
         started = time.perf_counter()
         beam_args, job_name = with_job_name(beam_args, args.collection)
         options = PipelineOptions(beam_args, save_main_session=False)
         pipeline = beam.Pipeline(options=options)
         counted: dict[str, list] = {}
-        write_dead_letters(build(pipeline, config, target, counted), args.dead_letter)
+        write_failures(build(pipeline, config, target, counted), args.dead_letter)
         folder = tally_folder(
             options.view_as(GoogleCloudOptions).temp_location,
             options.view_as(PortableOptions).environment_type,
@@ -369,7 +395,39 @@ def run(
     return 0
 
 
-def with_job_name(beam_args: list[str], collection: str) -> tuple[list[str], str]:
+def open_target(args, model: ModelOptions, resources) -> tuple[WeaviateTarget, str | None]:
+    """The collection the command's flags name, and our inference server's URL.
+
+    ``--weaviate-url`` names a running Weaviate; without it the local stack is
+    started on ``--data-dir`` (and stopped when ``resources`` closes).
+    """
+    from ..stack import LocalStack
+
+    api_key = args.weaviate_api_key
+    vectorizer = getattr(args, "vectorizer_url", None)
+    if args.weaviate_url:
+        nodes = parse_nodes(args.weaviate_url, args.grpc_port)
+    else:
+        stack = resources.enter_context(LocalStack(args.data_dir, model))
+        nodes = [(node.http, node.grpc_port) for node in stack.endpoints.nodes]
+        vectorizer = vectorizer or stack.endpoints.vectorizer
+        api_key = api_key or stack.api_key  # one the stack made, if its Weaviate needs one
+    (url, grpc_port), *others = nodes
+    target = WeaviateTarget(
+        url,
+        grpc_port,
+        args.collection,
+        api_key,
+        other_nodes=tuple(others),
+        consistency_level=args.consistency_level,
+        tenant=args.tenant,
+    )
+    return target, vectorizer
+
+
+def with_job_name(
+    beam_args: list[str], collection: str, prog: str = "ib-ingest"
+) -> tuple[list[str], str]:
     """Beam's options with a ``--job_name`` (a unique one unless given), and that name.
 
     The name is how the job's counters are found on a Flink or Spark cluster.
@@ -380,7 +438,7 @@ def with_job_name(beam_args: list[str], collection: str) -> tuple[list[str], str
         return beam_args, given
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     safe = re.sub(r"[^a-z0-9-]+", "-", collection.lower())  # as Dataflow's names must be
-    name = f"ib-ingest-{safe}-{stamp}-{os.urandom(3).hex()}"
+    name = f"{prog}-{safe}-{stamp}-{os.urandom(3).hex()}"
     return [*beam_args, f"--job_name={name}"], name
 
 
@@ -425,6 +483,8 @@ def prepare_collection(
     segmented: bool = False,
     replication_factor: int | None = None,
     input_spec: InputSpec | None = None,
+    tagged: bool = False,
+    field_vectors: bool = False,
 ) -> None:
     """Create the collection with the multi2vec-bind config unless it exists.
 
@@ -434,6 +494,9 @@ def prepare_collection(
     (``store_uri``, or segments), the folder they are read from (a directory
     input, or a manifest's folder) is recorded as a media root of the
     collection: ``ib-search`` serves stored URIs only from inside those.
+    ``tagged``: objects will hold zero-shot tags (the label properties are added).
+    ``field_vectors``: a named vector per media field besides the combined one
+    (added to an existing collection that lacks them).
     """
     from weaviate.classes.config import DataType, Property, Tokenization
 
@@ -456,6 +519,7 @@ def prepare_collection(
             DEFAULT_VECTOR_NAME,
             replication_factor,
             multi_tenancy=target.tenant is not None,
+            field_vectors=field_vectors,
         )
         if target.tenant is not None:
             ensure_tenant(collection, target.tenant)
@@ -466,6 +530,8 @@ def prepare_collection(
                 collection.config.add_property(
                     Property(name=name, data_type=data_type, tokenization=exact)
                 )
+        if tagged:
+            ensure_label_properties(collection)
         if input_spec is not None and (store_uri or segmented):
             source = absolute(input_spec.path).rstrip("/")
             root = source if input_spec.kind == "directory" else dirname(source)

@@ -58,6 +58,7 @@ def model_fingerprint(
     model: ModelOptions,
     fields: tuple[MediaField, ...],
     vectorizer_meta: dict | None,
+    field_vectors: bool = False,
 ) -> str:
     """What the stored vectors follow from besides the inputs: the embedder and the fields.
 
@@ -66,7 +67,9 @@ def model_fingerprint(
     the media fields and their weights, which decide how vectors are combined.
     The image decode mode and int8 count when they are not the defaults
     (``exact``, ``none``), so collections written before they existed keep
-    their hashes.
+    their hashes. So does ``field_vectors`` (a vector per field) when on: turning
+    it on rewrites every object, and Weaviate, which keeps an object's vectors
+    when its properties are unchanged, computes the new ones (``--embed weaviate``).
     """
     if embed == "local":
         path = None if model.random_weights else model.checkpoint
@@ -88,6 +91,8 @@ def model_fingerprint(
         "embedder": embedder,
         "fields": [(f.name, f.modality.value, f.weight) for f in fields],
     }
+    if field_vectors:
+        described["field_vectors"] = True
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 

@@ -14,7 +14,6 @@ still finishes. The command line is :mod:`.command`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -23,10 +22,12 @@ from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
 from ib_vectorizer.preprocess import Preprocessor
 from ib_vectorizer.preprocess.segments import SegmentRule
+from ib_vectorizer.zero_shot import LabelScorer
 
 from ..beam.failures import Failure
 from ..beam.target import WeaviateTarget
 from ..beam.write import WriteToWeaviate
+from ..labels import LabelSet, tag_properties
 from ..schema import DEFAULT_VECTOR_NAME, MODALITY, SOURCE_ID, MediaField, combine_like_weaviate
 from .decode import FAILURES, Decode, ReadFields, ReadyObject
 from .incremental import CONTENT_HASH, DeleteMissing, skip_unchanged
@@ -56,14 +57,19 @@ class IngestConfig:
     force: bool = False  # embed and write every object, changed or not
     delete_missing: bool = False  # delete objects whose source is gone
     segments: SegmentRule | None = None  # cut audio and video into segments (local embedding)
+    labels: LabelSet | None = None  # zero-shot tags to store (see pipelines.labels)
+    label_scorer: LabelScorer | None = None  # the labels' text vectors, embedded by the launcher
+    field_vectors: bool = False  # and a named vector per media field (schema.field_vector_configs)
 
 
 def to_weaviate_object(ready: ReadyObject, vectors: dict | None, config: IngestConfig) -> dict:
     """The object :class:`WriteToWeaviate` writes: properties as stored (media as base64
-    BLOBs, or their URIs) and the combined vector (None: Weaviate embeds the object)."""
+    BLOBs, or their URIs) and the combined vector (None: Weaviate embeds the object); with
+    ``config.field_vectors`` each field's own vector too, under the field's name."""
     properties = dict(ready.properties)
     properties[SOURCE_ID] = ready.source_id
-    properties[MODALITY] = sorted({modality.label for modality in ready.modalities.values()})
+    modalities = sorted({modality.label for modality in ready.modalities.values()})
+    properties[MODALITY] = modalities
     if ready.content_hash:
         properties[CONTENT_HASH] = ready.content_hash
     for name, content in ready.media.items():
@@ -78,13 +84,18 @@ def to_weaviate_object(ready: ReadyObject, vectors: dict | None, config: IngestC
     configured = {f.name for f in config.fields}
     vectors = {k: v for k, v in (vectors or {}).items() if k in configured}
     if vectors:  # else (no field the collection knows): Weaviate decides, and says why
-        vector = combine_like_weaviate(vectors, config.fields).tolist()
+        combined = combine_like_weaviate(vectors, config.fields)
+        vector = combined.tolist()
         EMBEDDED.inc()
+        if config.labels is not None and config.label_scorer is not None:
+            tags = tag_properties(config.label_scorer, config.labels, combined[None], [modalities])
+            properties.update(tags[0])
     return {
         "id": ready.source_id,
         "source": ready.source,
         "properties": properties,
         "vector": vector,
+        "vectors": {name: v for name, v in vectors.items() if config.field_vectors},
     }
 
 
@@ -106,6 +117,32 @@ def _batch_failures(failed) -> list[Failure]:
         reason = f"embedding its batch failed unexpectedly ({error})"
     FAILED.inc(len(batch))
     return [Failure(o.source_id, o.source, "embed", reason) for o in batch]
+
+
+class _EveryField(beam.DoFn):
+    """With a vector per field, an object lacking a media field → a Failure.
+
+    Weaviate vectorizes a named vector it is not given; from an absent field
+    that is an empty vector, which it refuses (and, into a still empty index,
+    keeps the object anyway after saying it failed). So such an object is not
+    sent.
+    """
+
+    def __init__(self, config: IngestConfig) -> None:
+        self.config = config
+
+    def process(self, ready: ReadyObject):
+        lacking = sorted(f.name for f in self.config.fields if f.name not in ready.modalities)
+        if not lacking:
+            yield ready
+            return
+        FAILED.inc()
+        reason = (
+            f"lacks media field(s) {', '.join(lacking)}: with a vector per field "
+            "(--vector-per-field) Weaviate refuses an object without every field"
+        )
+        failure = Failure(ready.source_id, ready.source, "write", reason)
+        yield beam.pvalue.TaggedOutput(FAILURES, failure)
 
 
 class _Combine(beam.DoFn):
@@ -159,6 +196,12 @@ def build(
     ).with_outputs(FAILURES, main="ready")
     failures = [read.failures, fields[FAILURES], decoded[FAILURES]]
     ready = decoded.ready
+    if config.field_vectors:
+        complete = ready | "EveryField" >> beam.ParDo(_EveryField(config)).with_outputs(
+            FAILURES, main="ready"
+        )
+        failures.append(complete[FAILURES])
+        ready = complete.ready
     if config.delete_missing:
         segmented = is_segmented if config.segments is not None else None
         _ = read.objects | "DeleteMissing" >> DeleteMissing(target, segmented)
@@ -194,19 +237,3 @@ def build(
     tally["written"] = [(1, objects), (-1, write_failures)]
     tally["failed"] = [(1, every_failure), (-1, read.failures)]
     return every_failure
-
-
-def write_dead_letters(failures, path: str):
-    rows = failures | "AsDicts" >> beam.Map(Failure.as_dict)
-    if path.endswith((".parquet", ".pq")):
-        import pyarrow as pa
-
-        schema = pa.schema([(k, pa.string()) for k in ("id", "source", "stage", "error")])
-        return rows | "DeadLetters" >> beam.io.WriteToParquet(
-            path, schema, num_shards=1, shard_name_template=""
-        )
-    return (
-        rows
-        | "AsJson" >> beam.Map(json.dumps)
-        | "DeadLetters" >> beam.io.WriteToText(path, num_shards=1, shard_name_template="")
-    )

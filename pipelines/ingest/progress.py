@@ -73,15 +73,6 @@ def workers_by_stage(counters: dict[str, int]) -> dict[str, dict[str, int]]:
     return stages
 
 
-def totals() -> dict[str, int]:
-    counted = process_totals(NAMESPACE)
-    return {name: counted.get(name, 0) for name in COUNTERS}
-
-
-def reset_totals() -> None:
-    reset_process_totals(NAMESPACE)
-
-
 def progress_line(counts: dict[str, int], elapsed_s: float) -> str:
     """``read R, embedded E, written W, failed F; X objects/s[, ETA T]``.
 
@@ -116,24 +107,42 @@ def format_seconds(seconds: float) -> str:
 
 
 class ProgressReporter:
-    """Logs :func:`progress_line` every ``every_s`` seconds until stopped.
+    """Logs a progress line every ``every_s`` seconds until stopped.
 
     ``counts`` gives the job's counters now (default: this process's running
-    totals), or None while they are not known; the last known are shown then.
+    totals in ``namespace``), or None while they are not known; the last known
+    are shown then. ``line`` writes the line (default :func:`progress_line`,
+    ib-ingest's) from the counters and the seconds since the start; ``logger``
+    is the command's.
     """
 
     def __init__(
-        self, every_s: float, counts: Callable[[], dict[str, int] | None] | None = None
+        self,
+        every_s: float,
+        counts: Callable[[], dict[str, int] | None] | None = None,
+        *,
+        namespace: str = NAMESPACE,
+        counters: tuple[str, ...] = COUNTERS,
+        line: Callable[[dict[str, int], float], str] = progress_line,
+        logger: logging.Logger = log,
     ) -> None:
         self.every_s = every_s
-        self._counts = counts or totals
-        self._last = dict.fromkeys(COUNTERS, 0)
+        self.log = logger
+        self.namespace = namespace
+        self.counters = counters
+        self.line = line
+        self._counts = counts or self._process_totals
+        self._last = dict.fromkeys(counters, 0)
         self.started = time.perf_counter()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ib-ingest-progress", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="job-progress", daemon=True)
+
+    def _process_totals(self) -> dict[str, int]:
+        counted = process_totals(self.namespace)
+        return {name: counted.get(name, 0) for name in self.counters}
 
     def __enter__(self) -> ProgressReporter:
-        reset_totals()
+        reset_process_totals(self.namespace)
         self.started = time.perf_counter()
         self._thread.start()
         return self
@@ -146,5 +155,5 @@ class ProgressReporter:
         while not self._stop.wait(self.every_s):
             counts = self._counts()
             if counts is not None:
-                self._last = dict.fromkeys(COUNTERS, 0) | dict(counts)
-            log.info(progress_line(self._last, time.perf_counter() - self.started))
+                self._last = dict.fromkeys(self.counters, 0) | dict(counts)
+            self.log.info(self.line(self._last, time.perf_counter() - self.started))

@@ -1,4 +1,5 @@
-"""``ib-search``: a web page to search a collection by text, by any file, or by a result."""
+"""``ib-search``: a web page to search a collection by text, by any file, by a result,
+or by several weighted items at once."""
 
 from .server import main
 

@@ -15,6 +15,7 @@ import base64
 import binascii
 import contextlib
 import io
+import math
 import re
 import threading
 import time
@@ -24,11 +25,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.retry import first_line
 
 from ..connection import node_unreachable
-from ..near import NoSuchCollection, imagebind_vector, near, open_collection
+from ..near import (
+    NoSuchCollection,
+    composed_vector,
+    hybrid,
+    imagebind_vector,
+    near,
+    open_collection,
+)
 from ..schema import MODALITY, PARENT_ID, SOURCE_ID, recorded_media_roots
 from .access import MediaFile, MediaRoots, allowed_url, is_web_url, open_media_file
 from .detect import content_type, detect_modality
@@ -47,6 +57,7 @@ CONFIG_KEYS = {
 }
 PICTURES = (Modality.VISION, Modality.DEPTH, Modality.THERMAL)  # shown as thumbnails
 MAX_LIMIT = 100
+MAX_QUERY_ITEMS = 3  # a composed query: the page offers the first item and two more
 SCAN_LIMIT = 1000  # hits looked through for a modality filter
 THUMBNAIL_PX = 320
 # Pixels a thumbnail's source may have when decoded: a JPEG decodes at 1/2 to 1/8 scale first,
@@ -87,6 +98,7 @@ class Layout:
     blobs: tuple[str, ...]
     media_roots: MediaRoots
     read_at: float  # time.monotonic() when read
+    multi_tenant: bool = False
 
     def field(self, name: str) -> MediaField:
         for field in self.fields:
@@ -112,7 +124,8 @@ def read_layout(collection) -> Layout:
     blobs = tuple(name for name, kind in types.items() if kind == "blob")
     shown = {name: kind for name, kind in types.items() if kind != "blob"}
     roots = MediaRoots.from_recorded(recorded_media_roots(config.description))
-    return Layout(fields, shown, blobs, roots, time.monotonic())
+    multi_tenant = bool(config.multi_tenancy_config and config.multi_tenancy_config.enabled)
+    return Layout(fields, shown, blobs, roots, time.monotonic(), multi_tenant)
 
 
 class BlobCache:
@@ -172,6 +185,9 @@ class SearchService:
 
     ``connect`` is called again after a failure, so the page recovers when an
     unreachable Weaviate comes back; it raises with the reason when it cannot.
+    With ``tenant``, every query and media read goes to that tenant of a
+    multi-tenant collection. ``vectorizer_url`` (our inference server) embeds
+    the items of composed queries; without it only single queries are answered.
     """
 
     def __init__(
@@ -181,8 +197,12 @@ class SearchService:
         consistency_level: str | None = None,
         where: str = "Weaviate",
         media_roots: MediaRoots | None = None,
+        tenant: str | None = None,
+        vectorizer_url: str | None = None,
     ) -> None:
         self._connect = connect
+        self.tenant = tenant or None
+        self.vectorizer_url = vectorizer_url or None
         self._client = None
         self._lock = threading.Lock()
         self.default_collection = default_collection
@@ -238,20 +258,38 @@ class SearchService:
         self._forget_client()
 
     def collection(self, name: str):
+        """The collection, bound to ``tenant`` when there is one (queries and reads alike)."""
         check_collection_name(name)
         try:
-            return self._weaviate(lambda: open_collection(self.client(), name, self._consistency))
+            found = self._weaviate(lambda: open_collection(self.client(), name, self._consistency))
         except NoSuchCollection as err:
             raise ApiError(404, str(err)) from None
+        return found.with_tenant(self.tenant) if self.tenant else found
 
     def layout(self, name: str) -> Layout:
-        """The collection's layout, read again after LAYOUT_SECONDS (a new ingest adds roots)."""
+        """The collection's layout, read again after LAYOUT_SECONDS (a new ingest adds roots);
+        with a tenant, checked to hold it, so a wrong one is said plainly, not by Weaviate."""
         check_collection_name(name)
         known = self._layouts.get(name)
         if known is None or time.monotonic() - known.read_at > LAYOUT_SECONDS:
             collection = self.collection(name)
-            self._layouts[name] = known = self._weaviate(lambda: read_layout(collection))
+            read = self._weaviate(lambda: read_layout(collection))
+            if self.tenant:
+                self._check_tenant(name, collection, read)
+            self._layouts[name] = known = read
         return known
+
+    def _check_tenant(self, name: str, collection, layout: Layout) -> None:
+        """ApiError unless the collection holds this server's tenant: Weaviate's own answer
+        would be a failed query, not what to change."""
+        if not layout.multi_tenant:
+            raise ApiError(
+                400,
+                f"collection {name} is not multi-tenant: this ib-search (--tenant "
+                f"{self.tenant}) searches multi-tenant collections only",
+            )
+        if not self._weaviate(lambda: collection.tenants.exists(self.tenant)):
+            raise ApiError(404, f"collection {name} has no tenant {self.tenant!r}")
 
     def roots(self, layout: Layout) -> MediaRoots:
         return layout.media_roots | self.media_roots
@@ -259,8 +297,15 @@ class SearchService:
     # -- answers ---------------------------------------------------------------------------------
 
     def collections(self) -> dict:
+        """The collections, and what this server adds to every query: its tenant, and whether
+        it can compose queries (it knows our inference server)."""
         names = self._weaviate(lambda: sorted(self.client().collections.list_all(simple=True)))
-        return {"collections": names, "default": self.default_collection}
+        return {
+            "collections": names,
+            "default": self.default_collection,
+            "tenant": self.tenant,
+            "composed": self.vectorizer_url is not None,
+        }
 
     def info(self, name: str) -> dict:
         layout = self.layout(name)
@@ -281,6 +326,9 @@ class SearchService:
         filters = request.weaviate_filter(layout)
         shown = list(layout.properties)
         vector = self._weaviate(lambda: imagebind_vector(collection))  # once, not per page
+        kind, value = request.kind, request.value
+        if request.items:  # embedded once here, whatever the pages scanned below
+            kind, value = "vector", self._composed(request)
         scan_for = request.modality
         if scan_for is not None and MODALITY in layout.properties:  # exact, in Weaviate
             from weaviate.classes.query import Filter
@@ -290,18 +338,18 @@ class SearchService:
             scan_for = None  # collections made before the property: filtered here, below
 
         def page(offset: int, limit: int) -> list[dict]:
-            return self._weaviate(
-                lambda: near(
-                    collection,
-                    request.kind,
-                    request.value,
-                    limit=limit,
-                    offset=offset,
-                    filters=filters,
-                    return_properties=shown,
-                    target_vector=vector,
+            options = {
+                "limit": limit,
+                "offset": offset,
+                "filters": filters,
+                "return_properties": shown,
+                "target_vector": vector,
+            }
+            if request.alpha is not None:
+                return self._weaviate(
+                    lambda: hybrid(collection, str(value), request.alpha, **options)
                 )
-            )
+            return self._weaviate(lambda: near(collection, kind, value, **options))
 
         if scan_for is None:
             hits = page(request.offset, request.limit + 1)
@@ -320,24 +368,46 @@ class SearchService:
                     break
             more = len(hits) > request.offset + request.limit
             hits = hits[request.offset : request.offset + request.limit]
-        return {
+        answer = {
             "collection": request.collection,
-            "query": request.kind,
+            "query": "hybrid" if request.alpha is not None else request.kind,
             "offset": request.offset,
             "limit": request.limit,
             "more": more,
             "results": hits,
         }
+        if request.alpha is not None:
+            answer["alpha"] = request.alpha
+        if request.items:
+            answer["weights"] = list(request.weights)
+        return answer
+
+    def _composed(self, request: SearchRequest) -> np.ndarray:
+        """The composed query's vector, from our inference server's vectors of its items."""
+        if self.vectorizer_url is None:
+            raise ApiError(
+                400,
+                "composed queries need our inference server to embed their items: start "
+                "ib-search with --vectorizer-url URL (the server Weaviate's multi2vec-bind uses)",
+            )
+        try:
+            return composed_vector(
+                request.items, vectorizer_url=self.vectorizer_url, weights=request.weights
+            )
+        except ValueError as err:  # an item the server refused, or weights that cancel out
+            raise ApiError(400, str(err)) from None
 
     def _with_media(self, name: str, layout: Layout, hits: list[dict]) -> list[dict]:
-        """Each hit as the page shows it: ids, distance, properties and its media."""
+        """Each hit as the page shows it: ids, distance (a hybrid search: a score instead),
+        properties and its media."""
         shown = list(self._pool.map(lambda hit: self._shown(name, layout, hit), hits))
         return [
             {
                 "id": hit["id"],
                 "source_id": hit["properties"].get(SOURCE_ID),
                 "parent_id": hit["properties"].get(PARENT_ID),
-                "distance": hit["distance"],
+                "distance": hit.get("distance"),
+                **({"score": hit["score"]} if "score" in hit else {}),
                 "properties": hit["properties"],
                 "media": _media_entries(name, layout, hit, media),
             }
@@ -499,16 +569,20 @@ def make_thumbnail(source: bytes | BinaryIO, what: str, size: int = THUMBNAIL_PX
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """``POST /api/search``: one query (text, media or near_id), a page and a filter."""
+    """``POST /api/search``: one query (text, media, near_id, or weighted ``items`` composed
+    into one vector), a page and a filter; ``alpha`` makes a text query a hybrid search."""
 
     collection: str
-    kind: str  # text, object, or a media label
+    kind: str  # text, object, a media label, or composed (then ``items`` and ``weights``)
     value: str | bytes
     offset: int = 0
     limit: int = 12
     modality: str | None = None  # only hits with media of this modality
     property: str | None = None  # only hits whose property matches value
     property_value: str | None = None
+    items: tuple[tuple[str, str | bytes], ...] = ()  # a composed query's (kind, value)
+    weights: tuple[float, ...] = ()
+    alpha: float | None = None  # a hybrid search: 1 vector only, 0 keywords only
 
     @classmethod
     def parse(cls, body: Any) -> SearchRequest:
@@ -518,14 +592,23 @@ class SearchRequest:
         if collection in (None, ""):
             raise ApiError(400, "'collection' is missing: name the collection to search")
         check_collection_name(collection)
-        given = [k for k in ("text", "media", "near_id") if body.get(k) not in (None, "")]
+        given = [
+            k for k in ("text", "media", "near_id", "items") if body.get(k) not in (None, "", [])
+        ]
         if len(given) != 1:
             raise ApiError(
                 400,
-                "give exactly one query: 'text', 'media' (a file, base64) or 'near_id'"
-                + (f" (got {', '.join(given)})" if given else ""),
+                "give exactly one query: 'text', 'media' (a file, base64), 'near_id' or "
+                "'items' (a composed query)" + (f" (got {', '.join(given)})" if given else ""),
             )
-        kind, value = _query(given[0], body)
+        items: tuple[tuple[str, str | bytes], ...] = ()
+        weights: tuple[float, ...] = ()
+        if given[0] == "items":
+            kind, value = "composed", ""
+            items, weights = _items(body["items"])
+        else:
+            kind, value = _query(given[0], body)
+        alpha = _alpha(body.get("alpha"), kind)
         filter_ = {} if body.get("filter") is None else body["filter"]
         if not isinstance(filter_, dict):
             raise ApiError(400, "'filter' must be an object: {modality, property, value}")
@@ -550,6 +633,9 @@ class SearchRequest:
             modality=modality,
             property=prop,
             property_value=None if value_filter is None else str(value_filter),
+            items=items,
+            weights=weights,
+            alpha=alpha,
         )
 
     def weaviate_filter(self, layout: Layout):
@@ -610,6 +696,53 @@ def _query(key: str, body: dict) -> tuple[str, str | bytes]:
         if modality is Modality.TEXT:
             raise ApiError(400, "a text query goes in 'text', not as a file")
     return modality.label, data
+
+
+def _items(given: Any) -> tuple[tuple[tuple[str, str | bytes], ...], tuple[float, ...]]:
+    """A composed query's items, each text or a file (its modality detected as for 'media'),
+    and their weights (default 1; a negative one subtracts)."""
+    shape = "{text | media, modality?, filename?, weight?}"
+    if not isinstance(given, list) or not 1 <= len(given) <= MAX_QUERY_ITEMS:
+        raise ApiError(
+            400, f"'items' must be a list of 1 to {MAX_QUERY_ITEMS} query items: {shape}"
+        )
+    items, weights = [], []
+    for number, item in enumerate(given, start=1):
+        if not isinstance(item, dict):
+            raise ApiError(400, f"query item {number} must be an object: {shape}")
+        keys = [k for k in ("text", "media") if item.get(k) not in (None, "")]
+        if len(keys) != 1:
+            raise ApiError(400, f"query item {number}: give 'text' or 'media' (a file, base64)")
+        try:
+            items.append(_query(keys[0], item))
+        except ApiError as err:
+            raise ApiError(err.status, f"query item {number}: {err.message}") from None
+        weight = item.get("weight", 1)
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not math.isfinite(weight)
+        ):
+            raise ApiError(400, f"query item {number}: 'weight' must be a number, not {weight!r}")
+        weights.append(float(weight))
+    return tuple(items), tuple(weights)
+
+
+def _alpha(given: Any, kind: str) -> float | None:
+    """A hybrid search's alpha, from 0 (keywords only) to 1 (vector only); only for text."""
+    if given is None:
+        return None
+    if (
+        isinstance(given, bool)
+        or not isinstance(given, int | float)
+        or not 0.0 <= given <= 1.0  # NaN fails this too
+    ):
+        raise ApiError(
+            400, f"'alpha' must be a number from 0 (keywords) to 1 (vector), not {given!r}"
+        )
+    if kind != "text":
+        raise ApiError(400, "'alpha' (a hybrid search) needs a 'text' query: keywords are text")
+    return float(given)
 
 
 def _text(body: dict, key: str, name: str) -> str | None:

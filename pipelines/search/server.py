@@ -5,6 +5,12 @@ The page and its script and style sheet are files of this package
 (``/api/...``) whose every failure is a 4xx (or 502/503 for Weaviate) with an
 ``error`` field the page shows.
 
+A search is one query (text, a file, "more like this"), a text query fused
+with keyword search (hybrid, ``alpha``), or up to three weighted items
+composed into one vector, which needs our inference server
+(``--vectorizer-url``, or the local stack's). With ``--tenant`` every query
+and media read goes to that tenant of multi-tenant collections.
+
 Every response carries ``X-Content-Type-Options: nosniff`` and a
 Content-Security-Policy (the page may load only its own files and media; any
 other response may run nothing). Without an API key the server answers only
@@ -48,7 +54,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD_BYTES = 100 << 20  # a query file, base64 in JSON
-MAX_JSON_DEPTH = 8  # a search request nests 2 levels: {filter: {...}}
+MAX_JSON_DEPTH = 8  # a search request nests 3 levels: {items: [{...}]}
 SEND_CHUNK_BYTES = 256 << 10
 KEY_COOKIE = "ib_search_session"
 API_KEY_ENV = "IB_SEARCH_API_KEY"
@@ -227,7 +233,7 @@ def parse_json_body(raw: bytes) -> Any:
     too_deep = ApiError(
         400,
         f"the request body nests deeper than {MAX_JSON_DEPTH} levels: a search is "
-        "{collection, text | media | near_id, offset, limit, filter: {...}}",
+        "{collection, text | media | near_id | items: [{...}], offset, limit, filter: {...}}",
     )
     try:
         body = json.loads(raw)
@@ -358,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
         "http(s) URL prefix (repeatable); the folders a collection was ingested from are served "
         "without it",
     )
+    parser.add_argument(
+        "--tenant",
+        help="search this tenant of multi-tenant collections: every query and media read goes "
+        "to it",
+    )
+    parser.add_argument(
+        "--vectorizer-url",
+        help="our inference server (the one Weaviate's multi2vec-bind uses), which embeds the "
+        "items of composed queries (default: the local stack's; with --weaviate-url and "
+        "without it, the page offers single queries only)",
+    )
     add_flags(parser.add_argument_group("the local stack's model"), ModelOptions)
     return parser
 
@@ -376,11 +393,24 @@ def make_service(args: argparse.Namespace, resources: ExitStack) -> SearchServic
             return client
 
         where = f"Weaviate at {args.weaviate_url}"
-        service = SearchService(reconnect, args.collection, args.consistency_level, where, roots)
-    else:
-        client = connect(args, resources)
         service = SearchService(
-            lambda: client, args.collection, args.consistency_level, media_roots=roots
+            reconnect,
+            args.collection,
+            args.consistency_level,
+            where,
+            roots,
+            tenant=args.tenant,
+            vectorizer_url=args.vectorizer_url,
+        )
+    else:
+        client = connect(args, resources)  # sets --vectorizer-url to the stack's, if not given
+        service = SearchService(
+            lambda: client,
+            args.collection,
+            args.consistency_level,
+            media_roots=roots,
+            tenant=args.tenant,
+            vectorizer_url=args.vectorizer_url,
         )
     resources.callback(service.close)
     return service

@@ -233,3 +233,52 @@ def test_segments_of_long_media(cluster, stack, client, dataset, tmp_path):
     direct, engine = results.values()
     assert direct.keys() == engine.keys()
     assert min(cosine(direct[k], engine[k]) for k in direct) >= 0.9999
+
+
+def test_tags_on_the_cluster(cluster, stack, client, dataset, tmp_path):
+    """``ib-ingest --labels`` and ``ib-tag`` with the cluster's flags: a new label set
+    from the stored vectors alone (vectors unchanged), and the first set back gives
+    exactly the tags the ingest stored."""
+    from pipelines.tag.command import main as ib_tag
+
+    from ..server_process import TINY_ENV
+
+    media = tmp_path / "media"
+    for folder in sorted(p.name for p in dataset.root.iterdir() if p.is_dir()):
+        (media / folder).mkdir(parents=True)
+        for path in sorted((dataset.root / folder).iterdir())[:12]:
+            (media / folder / path.name).write_bytes(path.read_bytes())
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("dog\ncat\nrain\nengine\nmusic\nwalking\n")
+    second.write_text("indoors\noutdoors\nanimal\nmachine\n")
+    name, beam_flags = f"Tags{cluster.engine.capitalize()}", flags(cluster)
+    run = run_ingest(stack, media, name, tmp_path, beam_flags, "--labels", str(first))
+    assert run.status == 0 and run.counters["written"] > 0
+    written = run.counters["written"]
+
+    def tags() -> dict[str, list[str]]:
+        objects = client.collections.get(name).iterator(return_properties=["source_id", "labels"])
+        return {o.properties["source_id"]: o.properties["labels"] for o in objects}
+
+    def tag(labels: Path) -> dict[str, int]:
+        e, metrics = stack.endpoints, tmp_path / "tag.json"
+        status = ib_tag(
+            ["--collection", name, "--labels", str(labels),
+             "--weaviate-url", e.weaviate_http, "--grpc-port", str(e.weaviate_grpc_port),
+             "--model", TINY_ENV["IB_MODEL"], "--checkpoint", TINY_ENV["IB_CHECKPOINT"],
+             "--dead-letter", str(tmp_path / "tag.jsonl"), "--metrics-json", str(metrics),
+             *beam_flags]
+        )  # fmt: skip
+        assert status == 0
+        return json.loads(metrics.read_text())["counters"]
+
+    ingested, vectors = tags(), stored_vectors(client, name)
+    assert len(ingested) == written and all(len(labels) == 5 for labels in ingested.values())
+    every = {"read": written, "tagged": written, "updated": written, "failed": 0}
+    assert tag(second) == every
+    new_set = {"indoors", "outdoors", "animal", "machine"}
+    assert all(set(labels) <= new_set for labels in tags().values())
+    assert tag(first) == every
+    assert tags() == ingested
+    after = stored_vectors(client, name)
+    assert all(np.array_equal(after[k], vectors[k]) for k in vectors)

@@ -2,11 +2,16 @@
 "use strict";
 
 const PAGE_SIZE = 12;
+const MORE_ITEMS = 2; // a composed query: the search box (or its file) and up to two more items
 const PICTURES = new Set(["image", "depth", "thermal"]);
 const IMU_COLOURS = ["#c0392b", "#27ae60", "#2471a3", "#d68910", "#7d3c98", "#17a589"];
 
 const $ = (id) => document.getElementById(id);
-const state = { collection: "", query: null, offset: 0, filter: {} };
+// firstFile: the file chosen or dropped for the first item, kept so a composed query can use it;
+// weightedAlone: a link's one text item with a weight (composed of one item).
+const state = {
+  collection: "", query: null, offset: 0, filter: {}, firstFile: null, canCompose: true, weightedAlone: false,
+};
 
 function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -56,6 +61,10 @@ async function api(path, body) {
 
 async function loadCollections(wanted) {
   const answer = await api("/api/collections");
+  $("tenant").textContent = answer.tenant ? `tenant ${answer.tenant}` : "";
+  $("tenant").hidden = !answer.tenant;
+  state.canCompose = answer.composed !== false;
+  updateComposing();
   const select = $("collection");
   select.replaceChildren(...answer.collections.map((name) => element("option", { value: name, text: name })));
   const chosen = wanted || answer.default;
@@ -97,16 +106,41 @@ function readFilter() {
 }
 
 function describe(query) {
+  if (query.items !== undefined) return describeComposed(query.items);
+  if (query.alpha !== undefined) return `“${query.text}” (hybrid, alpha ${query.alpha})`;
   if (query.text !== undefined) return `“${query.text}”`;
   if (query.near_id !== undefined) return `more like ${query.label || query.near_id}`;
   return `${query.filename} (${query.modality === "auto" ? "detected" : query.modality})`;
 }
 
+// “a dog” + 0.5 × cat.jpg (detected) − 0.3 × “rain”: each item with its weight's sign and size.
+function describeComposed(items) {
+  return items.map((item, index) => {
+    const size = Math.abs(item.weight);
+    const shown = size === 1 ? describe(item) : `${size} × ${describe(item)}`;
+    if (index === 0) return item.weight < 0 ? `− ${shown}` : shown;
+    return `${item.weight < 0 ? "−" : "+"} ${shown}`;
+  }).join(" ");
+}
+
+// Files are not put in links (a link is no place for a file's bytes): only such queries are linked.
+function linkable(query) {
+  if (query.media !== undefined) return false;
+  return query.items === undefined || query.items.every((item) => item.text !== undefined);
+}
+
 function deepLink() {
   const params = new URLSearchParams({ collection: state.collection });
   const query = state.query || {};
-  if (query.text !== undefined) params.set("text", query.text);
-  else if (query.near_id !== undefined) params.set("near_id", query.near_id);
+  if (query.items !== undefined) {
+    for (const item of query.items) {
+      params.append("text", item.text);
+      params.append("weight", item.weight);
+    }
+  } else if (query.text !== undefined) {
+    params.set("text", query.text);
+    if (query.alpha !== undefined) params.set("alpha", query.alpha);
+  } else if (query.near_id !== undefined) params.set("near_id", query.near_id);
   if (state.offset) params.set("offset", state.offset);
   for (const [key, value] of Object.entries(state.filter)) if (value) params.set(key, value);
   return `/?${params}`;
@@ -119,10 +153,10 @@ async function run(query, offset = 0, remember = true) {
   setStatus(`Searching for ${describe(query)}…`);
   $("results").setAttribute("aria-busy", "true");
   const body = { collection: state.collection, offset, limit: PAGE_SIZE, filter: state.filter };
-  for (const key of ["text", "near_id", "media", "modality", "filename"]) {
+  for (const key of ["text", "alpha", "near_id", "media", "modality", "filename", "items"]) {
     if (query[key] !== undefined) body[key] = query[key];
   }
-  if (remember && query.media === undefined) history.pushState(null, "", deepLink());
+  if (remember && linkable(query)) history.pushState(null, "", deepLink());
   try {
     const answer = await api("/api/search", body);
     render(answer);
@@ -146,7 +180,11 @@ function searchText(text) {
     showError("Type something to search for, or choose a file.");
     return;
   }
-  run({ text });
+  try {
+    run($("hybrid").checked ? { text, alpha: readNumber($("alpha"), "alpha", 0, 1) } : { text });
+  } catch (err) {
+    showError(err.message);
+  }
 }
 
 function readAsBase64(file) {
@@ -162,7 +200,138 @@ async function searchFile(file) {
   if (!file) return;
   try {
     const media = await readAsBase64(file);
-    await run({ media, modality: $("file-modality").value, filename: file.name });
+    state.firstFile = { media, modality: $("file-modality").value, filename: file.name };
+    if (composing()) {
+      $("query").value = "";
+      updateComposing();
+      await run({ items: await readItems() });
+    } else {
+      await run(state.firstFile);
+    }
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+// -- composed queries --------------------------------------------------------------------------
+
+function readNumber(input, name, low = -Infinity, high = Infinity) {
+  const value = input.value.trim() === "" ? NaN : Number(input.value);
+  if (!Number.isFinite(value) || value < low || value > high) {
+    const range = Number.isFinite(low) ? ` from ${low} to ${high}` : "";
+    throw new Error(`${name} must be a number${range}, not “${input.value}”`);
+  }
+  return value;
+}
+
+// Composing: more items than the search box, or a link's one weighted item.
+function composing() {
+  return $("items").children.length > 0 || state.weightedAlone;
+}
+
+function updateComposing() {
+  const on = composing();
+  document.body.classList.toggle("composing", on);
+  $("add-item").disabled = !state.canCompose || $("items").children.length >= MORE_ITEMS;
+  if (!state.canCompose) {
+    $("compose-note").textContent = "Composed queries need our inference server to embed their "
+      + "items: this ib-search was started without --vectorizer-url.";
+  }
+  $("hybrid").disabled = on;
+  $("hybrid-note").textContent = on
+    ? "not for a composed query: hybrid search is of one text query"
+    : "1: vector only, 0: keywords only; one text query";
+  const file = state.firstFile;
+  $("first-file").hidden = !(on && file && !$("query").value.trim());
+  $("first-file-name").textContent = file ? describe(file) : "";
+}
+
+function addItem(values = {}) {
+  const number = $("items").children.length + 2;
+  const choices = [...$("file-modality").options].map((o) => element("option", { value: o.value, text: o.text }));
+  const row = element("li", { className: "item" });
+  const text = element("input", {
+    type: "search",
+    className: "item-text",
+    placeholder: "Text, or choose or drop a file",
+    autocomplete: "off",
+    value: values.text || "",
+  });
+  const file = element("input", { type: "file", className: "item-file", accept: $("file").accept });
+  const weight = element("input", {
+    type: "number",
+    className: "item-weight weight",
+    step: "0.1",
+    value: values.weight === undefined ? "1" : String(values.weight),
+  });
+  const remove = element("button", { type: "button", className: "remove-item secondary", text: "Remove" });
+  text.addEventListener("input", () => {
+    if (text.value) file.value = ""; // text or a file, never both
+  });
+  file.addEventListener("change", () => {
+    if (file.files.length) text.value = "";
+  });
+  remove.addEventListener("click", () => {
+    row.remove();
+    renumber();
+    updateComposing();
+    $("add-item").focus();
+  });
+  row.append(
+    element("span", { className: "item-number", "aria-hidden": "true" }),
+    element("label", { className: "hidden item-text-label" }), text,
+    element("label", { className: "hidden item-file-label" }), file,
+    element("label", { className: "item-modality-label", text: "It is" }),
+    element("select", { className: "item-modality" }, ...choices),
+    element("label", { className: "item-weight-label", text: "weight" }), weight,
+    remove,
+  );
+  $("items").append(row);
+  renumber();
+  updateComposing();
+  return row;
+}
+
+// Rows keep ids and labels that say their number, also after one above is removed.
+function renumber() {
+  [...$("items").children].forEach((row, index) => {
+    const number = index + 2;
+    row.dataset.item = number;
+    row.querySelector(".item-number").textContent = number;
+    for (const part of ["text", "file", "modality", "weight"]) {
+      const id = `item-${number}-${part}`;
+      row.querySelector(`.item-${part}`).id = id;
+      row.querySelector(`.item-${part}-label`).htmlFor = id;
+    }
+    row.querySelector(".item-text-label").textContent = `Item ${number} text`;
+    row.querySelector(".item-file-label").textContent = `Item ${number} file`;
+    row.querySelector(".remove-item").setAttribute("aria-label", `Remove item ${number}`);
+  });
+}
+
+// Every item with its weight: the search box (or the file chosen for it), then each row.
+async function readItems() {
+  const first = $("query").value.trim() ? { text: $("query").value } : state.firstFile;
+  if (!first) throw new Error("Item 1 is empty: type text in the search box, or choose or drop a file.");
+  const items = [{ ...first, weight: readNumber($("weight"), "Item 1's weight") }];
+  for (const row of $("items").children) {
+    const number = row.dataset.item;
+    const text = row.querySelector(".item-text").value;
+    const file = row.querySelector(".item-file").files[0];
+    let item;
+    if (text.trim()) item = { text };
+    else if (file) {
+      const media = await readAsBase64(file);
+      item = { media, modality: row.querySelector(".item-modality").value, filename: file.name };
+    } else throw new Error(`Item ${number} is empty: type text, choose a file, or remove it.`);
+    items.push({ ...item, weight: readNumber(row.querySelector(".item-weight"), `Item ${number}'s weight`) });
+  }
+  return items;
+}
+
+async function searchComposed() {
+  try {
+    await run({ items: await readItems() });
   } catch (err) {
     showError(err.message);
   }
@@ -202,10 +371,13 @@ function card(hit, rank) {
     "aria-label": `More like ${name}`,
   });
   more.addEventListener("click", () => run({ near_id: hit.id, label: name }));
+  const measure = typeof hit.score === "number"
+    ? `score ${hit.score.toFixed(4)}` // a hybrid search ranks by a fused score, not a distance
+    : `distance ${hit.distance.toFixed(4)}`;
   item.append(
     media,
     element("div", { className: "source", text: name }),
-    element("div", { className: "distance", text: `distance ${hit.distance.toFixed(4)}` }),
+    element("div", { className: "distance", text: measure }),
     properties,
     more,
   );
@@ -277,10 +449,57 @@ async function plotImu(url, canvas) {
 
 // -- wiring ------------------------------------------------------------------------------------
 
+// A link's query: text (with alpha: hybrid), near_id, or texts each with a weight (composed).
 function queryFromUrl(params) {
-  if (params.get("text")) return { text: params.get("text") };
+  const texts = params.getAll("text").filter((text) => text);
+  const weights = params.getAll("weight");
+  if (texts.length > 1 || weights.length) {
+    if (weights.length && weights.length !== texts.length) {
+      throw new Error(`the link has ${texts.length} text items and ${weights.length} weights: give one weight each`);
+    }
+    const items = texts.map((text, index) => {
+      const weight = weights.length ? Number(weights[index]) : 1;
+      if (weights.length && (weights[index].trim() === "" || !Number.isFinite(weight))) {
+        throw new Error(`the link's weight “${weights[index]}” is not a number`);
+      }
+      return { text, weight };
+    });
+    return items.length === 1 && items[0].weight === 1 ? { text: items[0].text } : { items };
+  }
+  if (texts.length) {
+    const query = { text: texts[0] };
+    if (params.has("alpha")) {
+      const alpha = Number(params.get("alpha"));
+      if (params.get("alpha").trim() === "" || !(alpha >= 0 && alpha <= 1)) {
+        throw new Error(`the link's alpha “${params.get("alpha")}” is not a number from 0 to 1`);
+      }
+      query.alpha = alpha;
+    }
+    return query;
+  }
   if (params.get("near_id")) return { near_id: params.get("near_id") };
   return null;
+}
+
+// The controls as the query has them, so a link (or going back) shows what it searches.
+function showQuery(query) {
+  $("items").replaceChildren();
+  $("weight").value = "1";
+  $("hybrid").checked = false;
+  state.firstFile = null;
+  state.weightedAlone = Boolean(query && query.items !== undefined && query.items.length === 1);
+  if (query && query.items !== undefined) {
+    $("query").value = query.items[0].text;
+    $("weight").value = String(query.items[0].weight);
+    for (const item of query.items.slice(1)) addItem(item);
+  } else {
+    $("query").value = query && query.text !== undefined ? query.text : "";
+    if (query && query.alpha !== undefined) {
+      $("hybrid").checked = true;
+      $("alpha").value = String(query.alpha);
+    }
+  }
+  updateComposing();
 }
 
 async function openUrl() {
@@ -295,15 +514,32 @@ async function openUrl() {
     showError(err.message);
     return;
   }
-  const query = queryFromUrl(params);
-  $("query").value = query && query.text !== undefined ? query.text : "";
+  let query;
+  try {
+    query = queryFromUrl(params);
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  showQuery(query);
   if (query) await run(query, Number(params.get("offset")) || 0, false);
 }
 
 function wire() {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    searchText($("query").value);
+    if (composing()) searchComposed();
+    else searchText($("query").value);
+  });
+  $("add-item").addEventListener("click", () => addItem().querySelector(".item-text").focus());
+  $("query").addEventListener("input", () => {
+    if ($("query").value.trim()) state.firstFile = null; // the text is item 1 now
+    updateComposing();
+  });
+  $("forget-first-file").addEventListener("click", () => {
+    state.firstFile = null;
+    updateComposing();
+    $("query").focus();
   });
   $("collection").addEventListener("change", async () => {
     state.collection = $("collection").value;
@@ -335,7 +571,13 @@ function wire() {
     event.preventDefault();
     document.body.classList.remove("dragging");
     const file = event.dataTransfer && event.dataTransfer.files[0];
-    if (file) searchFile(file);
+    const row = event.target instanceof Element ? event.target.closest("#items > li") : null;
+    if (file && row) {
+      // Dropped on a composed query's item: that item's file, searched with the others.
+      row.querySelector(".item-file").files = event.dataTransfer.files;
+      row.querySelector(".item-text").value = "";
+      searchComposed();
+    } else if (file) searchFile(file);
     else showError("Drop a file: an image, audio, video, depth or thermal image, or an IMU CSV.");
   });
   window.addEventListener("popstate", openUrl);
