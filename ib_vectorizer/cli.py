@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .logs import LOG_FORMAT, quiet_ffmpeg_logs
-from .modalities import Modality
+from .modalities import MODALITY_METAVAR, Modality, modality_arg
 from .options import ModelOptions, add_flags, from_sources
 
 log = logging.getLogger("ib_vectorizer")
@@ -37,13 +37,25 @@ def load_embedder(args: argparse.Namespace, normalize: bool):
     )
 
 
+def add_modality_flag(parser: argparse.ArgumentParser) -> None:
+    """``--modality``: the names users write (``image``; ``vision`` too); an unknown name
+    is a usage error listing the valid ones."""
+    parser.add_argument(
+        "--modality",
+        required=True,
+        type=modality_arg,
+        metavar=MODALITY_METAVAR,
+        help="what the INPUTs are: image (or vision), text, audio, video, depth, thermal or imu",
+    )
+
+
 def add_embed_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "embed",
         help="embed files (or texts) of one modality into an .npy array",
         description="Embed INPUTs of one modality into float32 (len(INPUT), dim), in input order.",
     )
-    parser.add_argument("--modality", required=True, choices=[m.value for m in Modality])
+    add_modality_flag(parser)
     add_flags(parser.add_argument_group("model"), ModelOptions)
     parser.add_argument(
         "--raw-scale",
@@ -68,14 +80,14 @@ def run_embed(args: argparse.Namespace) -> int:
     from .embedder import NonFiniteVectors
     from .errors import InputError
 
-    modality = Modality(args.modality)
+    modality = args.modality
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
     embedder = load_embedder(args, normalize=not args.raw_scale)
     vectors = []
     batches = range(0, len(args.inputs), args.batch_size)
     for start in tqdm(
-        batches, desc=f"embedding {modality.value}", unit="batch", disable=len(batches) < 2
+        batches, desc=f"embedding {modality.label}", unit="batch", disable=len(batches) < 2
     ):
         names = args.inputs[start : start + args.batch_size]
         try:
@@ -118,12 +130,7 @@ def add_classify_parser(commands: argparse._SubParsersAction) -> None:
         description="Rank LABELS for each INPUT of one modality with ImageBind's zero-shot "
         "classification (see docs/zero-shot.md): probabilities from a softmax over the labels.",
     )
-    parser.add_argument(
-        "--modality",
-        required=True,
-        type=Modality.parse,
-        help="image, video, audio, depth, thermal, imu or text",
-    )
+    add_modality_flag(parser)
     parser.add_argument("--labels", required=True, help="a text file: one label per line")
     parser.add_argument(
         "--label-template",

@@ -11,7 +11,7 @@ import torch
 from .errors import InputError
 from .modalities import Modality
 from .model import ImageBind
-from .preprocess import MAX_AUDIO_SECONDS, MAX_VIDEO_SECONDS, Preprocessor
+from .preprocess import MAX_AUDIO_SECONDS, MAX_VIDEO_SECONDS, Preprocessor, check_items
 from .preprocess.limits import MAX_ITEM_BYTES
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -91,7 +91,7 @@ class Embedder:
         NaN or infinite, raise :class:`NonFiniteVectors` naming them, with the
         other rows' vectors.
         """
-        modality = Modality(modality)
+        modality = Modality.of(modality)
         batch = batch.to(self.device, non_blocking=True)
         reasons: dict[int, str] = {}
         if batch.is_floating_point():
@@ -131,8 +131,13 @@ class Embedder:
         Decodes and embeds ``batch_size`` items at a time, so memory stays bounded
         however many items come in. A bad item raises
         :class:`~ib_vectorizer.errors.InputError` naming it; nothing is returned.
+
+        ``modality``: a :class:`Modality` or a name users write (``image``,
+        ``vision``, ``text``, ...). ``items`` is a list: one bare str or bytes
+        is a TypeError (``[item]`` embeds one item).
         """
-        modality = Modality(modality)
+        modality = Modality.of(modality)
+        check_items(items)
         size = max(1, batch_size)
         vectors = [np.zeros((0, self.model.config.out_embed_dim), dtype=np.float32)]
         for start in range(0, len(items), size):
@@ -178,7 +183,8 @@ class Embedder:
         (far from the top, probabilities are 0 in float32 and tie)."""
         from .zero_shot import label_logits
 
-        modality = Modality(modality)
+        modality = Modality.of(modality)
+        check_items(items)
         classes = self._label_outputs(modality, labels, templates, batch_size)
         return label_logits(self.embed(modality, items, batch_size, normalize=False), classes)
 
@@ -193,7 +199,7 @@ class Embedder:
         scores stored unit vectors later with no model at hand (only text is embedded)."""
         from .zero_shot import LabelScorer
 
-        chosen = [Modality(m) for m in dict.fromkeys(modalities)]
+        chosen = list(dict.fromkeys(Modality.of(m) for m in modalities))
         return LabelScorer(
             labels=tuple(labels),
             classes={m: self._label_outputs(m, labels, templates, batch_size) for m in chosen},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from enum import StrEnum
 
 
@@ -44,6 +45,33 @@ class Modality(StrEnum):
             labels = ", ".join(m.label for m in cls)
             raise ValueError(f"unknown modality {name!r}: expected one of {labels} (or vision)")
         return found
+
+    @classmethod
+    def of(cls, value: Modality | str) -> Modality:
+        """A caller's modality: a :class:`Modality` as it is, a name as :meth:`parse` reads it.
+
+        What every public entry point that takes a modality calls on it, so
+        ``"image"``, ``"vision"`` and ``Modality.VISION`` are one modality, and
+        an unknown name is a ValueError listing the valid ones.
+        """
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(f"a modality is a Modality or its name, not a {type(value).__name__}")
+        return cls.parse(value)
+
+
+def modality_arg(name: str) -> Modality:
+    """argparse ``type=`` of a modality flag: an unknown name is a usage error listing the
+    valid names (argparse shows only an ArgumentTypeError's own message)."""
+    try:
+        return Modality.parse(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+MODALITY_METAVAR = "{" + ",".join(m.label for m in Modality) + "}"
+"""How help shows a modality flag's values: the names users write (``image``, not ``vision``)."""
 
 
 _BY_NAME: dict[str, Modality] = {

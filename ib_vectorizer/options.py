@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .choices import IMAGE_DECODE_MODES, QUANTIZE_MODES
+
 if TYPE_CHECKING:
     import torch
 
@@ -33,8 +35,6 @@ _META_KEY = "option"
 TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"0", "false", "no", "off", ""})
 DTYPES = ("float32", "float16", "bfloat16")
-IMAGE_DECODE_MODES = ("exact", "fast")  # see preprocess/image.py
-QUANTIZE_MODES = ("none", "int8")  # see model/quantize.py
 
 Options = TypeVar("Options")
 

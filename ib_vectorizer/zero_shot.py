@@ -45,10 +45,10 @@ TEMPLATES: dict[Modality, tuple[str, ...]] = {
 }
 
 
-def templates_for(modality: Modality, templates: Sequence[str] | None) -> tuple[str, ...]:
+def templates_for(modality: Modality | str, templates: Sequence[str] | None) -> tuple[str, ...]:
     """The templates to use: the caller's (each must hold ``{}``) or the modality's."""
     if templates is None:
-        return TEMPLATES[modality]
+        return TEMPLATES[Modality.of(modality)]
     chosen = tuple(templates)
     if not chosen:
         raise ValueError("no label template: give at least one, e.g. '{}' for the bare labels")
@@ -93,8 +93,9 @@ class LabelScorer:
     classes: Mapping[Modality, np.ndarray]  # modality → (labels, dim), text-scaled
     scales: Mapping[Modality, float]  # an item's logit scale (vision and video 1)
 
-    def logits(self, modality: Modality, units: np.ndarray) -> np.ndarray:
+    def logits(self, modality: Modality | str, units: np.ndarray) -> np.ndarray:
         """float32 (len(units), len(labels)); :func:`softmax` makes them probabilities."""
+        modality = Modality.of(modality)
         if modality not in self.classes:
             raise KeyError(f"no label vectors for {modality.label}")
         return label_logits(units * self.scales[modality], self.classes[modality])

@@ -191,6 +191,94 @@ def run_beam_command(module: str, argv: Sequence[str] | None) -> int:
     return command.main(argv)
 
 
+# Modules that define a runner's options outside Beam's pipeline_options (imported
+# with the runner otherwise, which is after the check); those not installed are skipped.
+BEAM_OPTION_MODULES = ("apache_beam.runners.render", "apache_beam.runners.dask.dask_runner")
+
+
+def beam_flags() -> dict[str, int | str | None]:
+    """Every flag of every Beam ``PipelineOptions`` subclass, runners' included, with its
+    ``nargs`` (0: takes no value; None: one value; ``?``, ``*``, ``+``: argparse's).
+
+    Beam registers each class's flags through its ``_add_argparse_args``; each runs
+    here on a scratch parser of its own, so that two classes naming one flag do not clash.
+    """
+    import contextlib
+    import importlib
+
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    for module in BEAM_OPTION_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    flags: dict[str, int | str | None] = {}
+    seen: set[type] = set()
+    pending = list(PipelineOptions.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        pending.extend(cls.__subclasses__())
+        if "_add_argparse_args" not in cls.__dict__:
+            continue
+        parser = _BeamArgumentParser(add_help=False, allow_abbrev=False)
+        cls._add_argparse_args(parser)
+        for action in parser._actions:
+            for flag in action.option_strings:
+                flags.setdefault(flag, action.nargs)
+    return flags
+
+
+def check_beam_options(parser: argparse.ArgumentParser, beam_args: Sequence[str]) -> None:
+    """What ``parser.parse_known_args`` left over is all Beam's; CommandError names the first
+    flag that neither the command nor Beam knows, with the closest known one.
+
+    Beam drops what it cannot parse, so without this a misspelt flag
+    (``--segment-secnds 10``) would run the whole job without it. Both
+    ``--flag value`` and ``--flag=value``; the next argument is a flag's value
+    (even one starting with ``-``) only if the flag takes one, and an argument
+    no flag takes (``--streaming true``) is an error too.
+    """
+    if not beam_args:
+        return
+    import difflib
+
+    own = {flag: action.nargs for action in parser._actions for flag in action.option_strings}
+    known = {**beam_flags(), **own}
+    args = list(beam_args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-") or arg in ("-", "--"):
+            before = args[i - 2] if i >= 2 else None
+            why = f" ({before} takes no value)" if known.get(before) == 0 else ""
+            raise CommandError(f"unexpected argument {arg!r}{why}")
+        name, eq, value = arg.partition("=")
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            raise CommandError(
+                f"unknown option {name}" + (f" (did you mean {close[0]}?)" if close else "")
+            )
+        nargs = known[name]
+        if eq:
+            if nargs == 0:
+                raise CommandError(f"{name} takes no value, not {value!r}")
+        elif nargs is None or nargs == 1:  # its value, whatever it looks like
+            if i == len(args):
+                raise CommandError(f"{name} needs a value")
+            i += 1
+        elif nargs != 0:  # ?, *, +, N: the values up to the next flag, as argparse takes them
+            start = i
+            while i < len(args) and not args[i].startswith("-"):
+                i += 1
+                if nargs == "?" or i - start == nargs:
+                    break
+            if nargs == "+" and i == start:
+                raise CommandError(f"{name} needs a value")
+
+
 def fail(prog: str, message: str) -> int:
     """Print the one line and return the exit status."""
     print(f"{prog}: {message}", file=sys.stderr)

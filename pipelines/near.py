@@ -22,6 +22,11 @@ class NoSuchCollection(LookupError):
         super().__init__(f"collection {name!r} does not exist")
 
 
+def collection_names(client) -> str:
+    """The collections there are, for a message about one that is not: ``A, B`` or ``none``."""
+    return ", ".join(sorted(client.collections.list_all(simple=True))) or "none"
+
+
 def open_collection(client, name: str, consistency_level: str | None = None):
     """The collection ``name``, read at ``consistency_level``; NoSuchCollection if it is missing."""
     from .connection import with_consistency

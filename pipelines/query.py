@@ -33,12 +33,14 @@ from .connection import connect_first, node_unreachable, parse_nodes
 from .near import (
     NEAR_KINDS,
     NoSuchCollection,
+    collection_names,
     hybrid,
     near,
     near_composed,
     open_collection,
     where_filter,
 )
+from .schema import CONTENT_HASH
 
 
 class _QueryItem(argparse.Action):
@@ -135,7 +137,7 @@ def search(client, args: argparse.Namespace) -> list[dict]:
     try:
         collection = open_collection(client, args.collection, args.consistency_level)
     except NoSuchCollection as err:
-        raise CommandError(str(err)) from None
+        raise CommandError(f"{err} (collections: {collection_names(client)})") from None
     if args.tenant:
         collection = collection.with_tenant(args.tenant)
     options = {
@@ -151,7 +153,15 @@ def search(client, args: argparse.Namespace) -> list[dict]:
     weights = parse_weights(args.weights, len(items))
     if len(items) == 1 and weights is None:  # Weaviate's vectorizer module embeds it
         kind, value = items[0]
-        return near(collection, kind, value, **options)
+        try:
+            return near(collection, kind, value, **options)
+        except Exception as err:
+            if kind == "text" or transient(err):
+                raise
+            raise CommandError(
+                f"{args.items[0][1]}: Weaviate's vectorizer could not use it as {kind} "
+                f"({first_line(err)})"
+            ) from None
     if not args.vectorizer_url:
         raise CommandError(
             "a composed query needs its items' vectors: pass --vectorizer-url (the inference "
@@ -200,6 +210,9 @@ def transient(err: Exception) -> bool:
     return node_unreachable(err)
 
 
+HIDDEN = (CONTENT_HASH,)  # bookkeeping the table leaves out (--json keeps it)
+
+
 def print_hits(hits: list[dict], as_json: bool) -> None:
     if as_json:
         for hit in hits:
@@ -211,7 +224,7 @@ def print_hits(hits: list[dict], as_json: bool) -> None:
     measure = "distance" if "distance" in hits[0] else "score"  # hybrid search: a score
     print(f"{'#':>3}  {measure:>9}  {'id':36}  properties")
     for rank, hit in enumerate(hits, start=1):
-        properties = dict(hit["properties"])
+        properties = {k: v for k, v in hit["properties"].items() if k not in HIDDEN}
         moment = time_range(properties)
         props = ", ".join(f"{k}={_short(v)}" for k, v in sorted(properties.items()))
         print(f"{rank:>3}  {hit[measure]:9.5f}  {hit['id']:36}  {moment}{props}")
@@ -226,7 +239,8 @@ def time_range(properties: dict) -> str:
 
 
 def _short(value: object, width: int = 40) -> str:
-    text = str(value)
+    """One line of at most ``width`` characters (line breaks shown as ⏎)."""
+    text = " ⏎ ".join(str(value).splitlines()) if isinstance(value, str) else str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -37,6 +37,7 @@ CONFIG_KEYWORD = {
 }
 SOURCE_ID = "source_id"  # where pipelines keep the id an object was made from
 PARENT_ID = "parent_id"  # a segment's source (see pipelines.ingest.segments)
+CONTENT_HASH = "content_hash"  # what an object was made from and by (see ingest.incremental)
 MODALITY = "modality"  # the modalities of an object's fields (image, audio, ...), filterable
 LABELS = "labels"  # zero-shot tags, best first (see pipelines.labels), filterable
 LABEL_SCORES = "label_scores"  # their probabilities, in the same order
@@ -59,6 +60,11 @@ class MediaField:
         from weaviate.classes.config import DataType
 
         return DataType.TEXT if self.modality is Modality.TEXT else DataType.BLOB
+
+
+def uri_property(field: str) -> str:
+    """The property that holds the source URI of media field ``field`` (``--store-uri``)."""
+    return f"{field}_uri"
 
 
 def bind_vector_config(fields: Sequence[MediaField], name: str = DEFAULT_VECTOR_NAME):

@@ -4,7 +4,7 @@
 runs the image and the stack for real: tests/containers/). Instead the files are parsed
 here: the Dockerfile into instructions per stage, the compose files as Compose reads and
 merges them, .dockerignore with Docker's matching rules; alongside, the server facts they
-are checked against (its routes, its settings table, the README's table) and a fake
+are checked against (its routes, its settings table, docs/server.md's table) and a fake
 program that records how it was called.
 """
 
@@ -268,14 +268,15 @@ def server_routes() -> set[tuple[str, str]]:
         engine.close()
 
 
-def readme_configuration() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Configuration", 1)[1]
+def documented_configuration() -> str:
+    """The server's configuration table, as docs/server.md documents it."""
+    reference = (ROOT / "docs" / "server.md").read_text()
+    section = reference.split("## Configuration", 1)[1]
     return section.split("\n## ", 1)[0]
 
 
-def readme_variables() -> set[str]:
-    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", readme_configuration(), re.MULTILINE))
+def documented_variables() -> set[str]:
+    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", documented_configuration(), re.MULTILINE))
 
 
 KNOWN_VARIABLES = {s.env for s in SETTINGS} | {"IB_LOG_LEVEL"}

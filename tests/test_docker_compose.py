@@ -41,6 +41,7 @@ from .docker_files import (
     ComposeLoader,
     arg_defaults,
     container_env,
+    documented_variables,
     duration_s,
     final,
     gpu_devices,
@@ -48,7 +49,6 @@ from .docker_files import (
     merge,
     mounts,
     published_ports,
-    readme_variables,
     run_commands,
     server_routes,
     server_variables,
@@ -125,8 +125,8 @@ def test_volumes_for_weights_and_weaviate_data_are_declared_and_mounted():
     assert ours[str(checkpoint.parent)] != mounts(weaviate)[data_path]
 
 
-def test_compose_env_names_are_server_settings_documented_in_readme():
-    documented = readme_variables()
+def test_compose_env_names_are_documented_server_settings():
+    documented = documented_variables()
     for compose in (BASE, MERGED_CPU):
         names = server_variables(compose["services"][SERVICE]["environment"])
         assert "ENABLE_CUDA" in names

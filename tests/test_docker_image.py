@@ -3,7 +3,7 @@
 A multi-stage build whose final stage runs the server as non-root on port 8080, behind
 docker/entrypoint.sh; torch pinned as in pyproject and installed from the index the
 VARIANT asks for; a health check on the server's ready route; the weights in a volume
-(baked into it on request); and only ENV the server accepts and the README documents.
+(baked into it on request); and only ENV the server accepts and docs/server.md documents.
 Nothing is built here (tests/containers/ builds and runs it: `make docker-test`): the file
 is parsed, its RUN commands are checked by /bin/sh and the torch install is run with a fake
 pip.
@@ -35,14 +35,14 @@ from .docker_files import (
     ROOT,
     arg_defaults,
     copies,
+    documented_configuration,
+    documented_variables,
     duration_s,
     exec_form,
     final,
     healthcheck,
     image_env,
     parse_dockerfile,
-    readme_configuration,
-    readme_variables,
     run_commands,
     server_routes,
     server_variables,
@@ -199,14 +199,14 @@ def test_dockerfile_healthcheck_asks_ready_with_python():
     assert duration_s(flags["timeout"]) < duration_s(flags["interval"])
 
 
-def test_dockerfile_env_names_are_server_settings_documented_in_readme():
+def test_dockerfile_env_names_are_documented_server_settings():
     names = server_variables(image_env())
     assert {"IB_HOST", "IB_PORT", "IB_CHECKPOINT"} <= names
-    documented = readme_variables()
+    documented = documented_variables()
     assert "IB_PORT" in documented and len(documented) == len(SETTINGS)
     for name in names:
         assert name in KNOWN_VARIABLES, name
-        assert name in documented or f"`{name}`" in readme_configuration(), name
+        assert name in documented or f"`{name}`" in documented_configuration(), name
 
 
 def test_weights_live_in_the_volume_and_baking_writes_there():

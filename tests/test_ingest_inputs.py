@@ -12,6 +12,7 @@ import datetime
 import decimal
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from pipelines.ingest.inputs import (
     plan_fields,
 )
 from pipelines.ingest.objects import FieldValue, SourceObject
-from pipelines.ingest.to_objects import file_to_object, row_to_object
+from pipelines.ingest.to_objects import NOT_MEDIA, Skipped, file_to_object, row_to_object
 from pipelines.paths import absolute, dirname, has_scheme, local_copy, relpath, resolve
 
 ALL_FIELDS = {
@@ -61,8 +62,8 @@ def test_file_to_object_on_object_stores():
     )
     assert file_to_object("gs://bucket/set/sub/", "gs://bucket/set/") is None  # folder marker
     assert file_to_object("gs://bucket/set/a/.cache/x.jpg", "gs://bucket/set") is None
-    with pytest.raises(ValueError, match="cannot tell the modality of 'README'"):
-        file_to_object("gs://bucket/set/README", "gs://bucket/set")
+    readme = file_to_object("gs://bucket/set/README", "gs://bucket/set")
+    assert readme == Skipped("README", NOT_MEDIA, "readme")  # not media: skipped, no failure
 
 
 # -- rows, one at a time ------------------------------------------------------------------------
@@ -201,8 +202,12 @@ def test_input_spec_kind(tmp_path):
     }
     for path, kind in kinds.items():
         assert InputSpec(path).kind == kind, path
-    for path in ("m.xlsx", "m.parquet.gz", str(tmp_path / "missing")):
+    for name in ("m.xlsx", "m.parquet.gz"):
+        (tmp_path / name).write_bytes(b"")
         with pytest.raises(ValueError, match=r"\.parquet/\.pq, \.csv or \.jsonl"):
+            InputSpec(str(tmp_path / name)).kind  # noqa: B018
+    for path in (str(tmp_path / "missing"), str(tmp_path / "missing") + "/", "m.xlsx"):
+        with pytest.raises(ValueError, match=f"^--input {re.escape(path)} does not exist$"):
             InputSpec(path).kind  # noqa: B018
     with pytest.raises(ValueError, match="unknown modality 'sound'"):
         InputSpec("m.csv", modality_columns={"clip": "sound"})
@@ -238,8 +243,10 @@ def test_plan_reads_headers_only(tmp_path):
     no_media.write_text("id,name\n1,x\n")
     with pytest.raises(ValueError, match=r"no media or text column.*--modality-columns"):
         metadata_columns(InputSpec(str(no_media)))
-    with pytest.raises(ValueError, match="no manifest matches"):
+    with pytest.raises(ValueError, match=r"missing\.parquet does not exist"):
         plan_fields(InputSpec(str(tmp_path / "missing.parquet")))
+    with pytest.raises(ValueError, match="no manifest matches"):
+        plan_fields(InputSpec(str(tmp_path / "missing-*.parquet")))
 
 
 # -- paths and URIs -----------------------------------------------------------------------------

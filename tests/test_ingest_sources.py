@@ -79,9 +79,9 @@ def test_directory_tree(tmp_path):
         "notes/readme.txt",
         "sensors/s.csv",
         "TOP.JPG",
-        "odd/thing.xyz",  # neither: a failure
-        ".hidden/ignored.png",  # hidden: skipped
-        "image/.DS_Store",
+        "odd/thing.xyz",  # neither: not media, skipped and counted
+        ".hidden/ignored.png",  # hidden: ignored
+        "image/.DS_Store",  # an OS's own, even in a modality folder: skipped and counted
     ]
     for name in files:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -108,17 +108,9 @@ def test_directory_tree(tmp_path):
         assert obj.fields == {name: FieldValue(modality, uri=path)}
         assert obj.properties == {}
         assert Path(obj.fields[name].uri).is_absolute()
-    assert failures == [
-        Failure(
-            "odd/thing.xyz",
-            str(root / "odd/thing.xyz"),
-            "read",
-            "cannot tell the modality of 'odd/thing.xyz' from its folder or extension; put it "
-            "under image/, text/, audio/, video/, depth/, thermal/, imu/ or use a manifest",
-        )
-    ]
+    assert failures == []
     # Listed: every file, hidden ones and folder markers too; read: the objects made.
-    assert counters(result) == {"listed": 10, "read": 7, "read_failed": 1}
+    assert counters(result) == {"listed": 10, "read": 7, "skipped": 2}
 
 
 # -- manifests ----------------------------------------------------------------------------------
@@ -349,6 +341,9 @@ def test_csv_and_jsonl_manifests_give_the_same_objects(tmp_path):
     assert counters(result) == {"listed": 17, "read": 2 + 2 + 2, "read_failed": 3 + 4 + 4}
 
 
-def test_unreadable_input_fails_at_construction():
+def test_unreadable_input_fails_at_construction(tmp_path):
+    (tmp_path / "m.xlsx").write_bytes(b"")
     with pytest.raises(ValueError, match="neither a directory nor a manifest"):
+        ReadObjects(InputSpec(str(tmp_path / "m.xlsx")))
+    with pytest.raises(ValueError, match=r"^--input m\.xlsx does not exist$"):
         ReadObjects(InputSpec("m.xlsx"))

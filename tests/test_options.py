@@ -1,4 +1,4 @@
-"""Options declared once (flags, environment, defaults, README table) and modality names."""
+"""Options declared once (flags, environment, defaults, the documented table) and modality names."""
 
 from __future__ import annotations
 

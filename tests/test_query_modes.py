@@ -245,3 +245,36 @@ def test_every_object_says_its_modality_and_the_filter_is_exact(stack, capsys, m
             if MODALITY_OF_FOLDER[source_id.split("/")[0]].label == label
         ]
         assert sorted(ids) == sorted(str(generate_uuid5(s)) for s in expected), label
+
+
+def test_the_table_and_the_errors_speak_of_the_users_things(stack, capsys, media, tmp_path):
+    """The table hides content_hash and keeps each hit on one line; a misspelt collection
+    lists the real ones; a file Weaviate's vectorizer cannot use is named."""
+    e = stack.endpoints
+    where = ["--weaviate-url", e.weaviate_http, "--grpc-port", str(e.weaviate_grpc_port)]
+    capsys.readouterr()
+    status = ib_query(["--collection", "Composed", "--near-text", "a dog", "--limit", "20", *where])
+    out = capsys.readouterr().out
+    assert status == 0 and "content_hash" not in out and "source_id=text/note.txt" in out
+    assert all(line.count("source_id=") <= 1 for line in out.splitlines())
+    assert ib_query(["--collection", "Composd", "--near-text", "a dog", *where]) == 1
+    err = capsys.readouterr().err
+    assert "collection 'Composd' does not exist (collections:" in err and "Composed" in err
+    fake = tmp_path / "fake.wav"
+    fake.write_bytes(b"RIFF this is not a wave file at all" * 10)
+    assert ib_query(["--collection", "Composed", "--near-audio", str(fake), *where]) == 1
+    err = capsys.readouterr().err
+    assert f"{fake}: Weaviate's vectorizer could not use it as audio" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_hit_is_one_line_whatever_its_text(capsys):
+    from pipelines.query import print_hits
+
+    properties = {"text": "two\nlines", "content_hash": "x"}
+    hit = {"id": "0" * 36, "distance": 0.5, "properties": properties}
+    print_hits([hit], as_json=False)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "text=two ⏎ lines" in out[1] and "content_hash" not in out[1]
+    print_hits([hit], as_json=True)
+    assert json.loads(capsys.readouterr().out)["properties"]["content_hash"] == "x"

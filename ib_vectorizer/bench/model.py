@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..modalities import Modality
+from ..modalities import Modality, modality_arg
 
 Encode = Callable[[Modality, torch.Tensor], torch.Tensor]
 
@@ -112,7 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="imagebind_huge", help="preset name or config.json")
     parser.add_argument("--checkpoint", default=None, help="weights (default: random)")
-    parser.add_argument("--modalities", nargs="+", default=list(Modality), type=Modality.parse)
+    parser.add_argument(
+        "--modalities",
+        nargs="+",
+        default=list(Modality),
+        type=modality_arg,
+        metavar="MODALITY",
+        help="image (or vision), text, audio, video, depth, thermal, imu (default: all)",
+    )
     parser.add_argument("--items", type=int, default=2, help="items per timed batch")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, torch.get_num_threads()])
     parser.add_argument("--repeats", type=int, default=3)

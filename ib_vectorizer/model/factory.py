@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..options import QUANTIZE_MODES
+from ..choices import QUANTIZE_MODES
 from .config import ImageBindConfig, get_config
 from .imagebind import ImageBind
 from .quantize import quantize_int8

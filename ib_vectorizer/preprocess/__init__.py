@@ -50,6 +50,16 @@ if TYPE_CHECKING:
     from ..model.config import ImageBindConfig
 
 
+def check_items(items: object) -> None:
+    """TypeError when ``items`` is one item (a str or bytes) where a list of items belongs:
+    iterated, a text would be embedded as its characters and bytes as integers."""
+    if isinstance(items, str | bytes | bytearray | memoryview):
+        raise TypeError(
+            "items must be a list (of texts or of bytes), "
+            f"not a {type(items).__name__}: pass [item]"
+        )
+
+
 @dataclass(frozen=True)
 class Preprocessor:
     """Turns raw items into model input of one geometry; the limits bound decoding work.
@@ -92,7 +102,7 @@ class Preprocessor:
     def inspect(self, modality: Modality | str, item: bytes | str, index: int = 0) -> ItemCost:
         """What decoding one item will cost, from its header; :class:`InputError` when the
         header breaks a limit or the cost is over ``max_item_bytes``."""
-        modality = Modality(modality)
+        modality = Modality.of(modality)
         try:
             cost = self._cost(modality, item)
             cost.check(self.max_item_bytes)
@@ -114,7 +124,7 @@ class Preprocessor:
         did (``inspected``). Past ``deadline`` (``time.monotonic()``), audio and
         video decoding stop with :class:`~ib_vectorizer.errors.DeadlinePassed`.
         """
-        modality = Modality(modality)
+        modality = Modality.of(modality)
         if not inspected:
             self.inspect(modality, item, index)
         limits = DecodeLimits(self.max_item_bytes, deadline)
@@ -132,8 +142,10 @@ class Preprocessor:
         """All items stacked; the first bad one raises :class:`InputError`.
 
         ``first_index`` is the position of ``items[0]`` in the caller's whole list,
-        so errors name the item as the caller knows it.
+        so errors name the item as the caller knows it. ``items`` is a list: one bare
+        str or bytes is a TypeError.
         """
+        check_items(items)
         return torch.stack(
             [
                 self.load_item(modality, item, first_index + offset)
@@ -153,16 +165,16 @@ class Preprocessor:
             Modality.DEPTH: (1, size, size),
             Modality.THERMAL: (1, size, size),
             Modality.IMU: (IMU_CHANNELS, c.imu_samples),
-        }[Modality(modality)]
+        }[Modality.of(modality)]
 
     def item_bytes(self, modality: Modality | str) -> int:
         """What one preprocessed item of ``modality`` takes in memory."""
-        element = 8 if Modality(modality) is Modality.TEXT else 4
+        element = 8 if Modality.of(modality) is Modality.TEXT else 4
         return element * math.prod(self.item_shape(modality))
 
     def example_batch(self, modality: Modality | str, batch: int = 1) -> torch.Tensor:
         """Zeros shaped like ``batch`` preprocessed items, for warming up kernels."""
-        modality = Modality(modality)
+        modality = Modality.of(modality)
         dtype = torch.int64 if modality is Modality.TEXT else torch.float32
         return torch.zeros(batch, *self.item_shape(modality), dtype=dtype)
 
@@ -201,4 +213,10 @@ class Preprocessor:
         return load_imu(item, c.imu_samples)
 
 
-__all__ = ["MAX_AUDIO_SECONDS", "MAX_VIDEO_SECONDS", "PreprocessConfig", "Preprocessor"]
+__all__ = [
+    "MAX_AUDIO_SECONDS",
+    "MAX_VIDEO_SECONDS",
+    "PreprocessConfig",
+    "Preprocessor",
+    "check_items",
+]

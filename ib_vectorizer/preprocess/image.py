@@ -12,12 +12,17 @@ Two ways to decode (``IB_IMAGE_DECODE``):
   (Pillow's ``draft``), then the same bicubic rule applies. A 12-megapixel
   photo decodes 8× fewer pixels. Images too small to reduce, and other
   formats, are decoded exactly, so they give bit-identical input.
+
+Vector images (SVG, SVGZ, PDF, EPS, WMF/EMF) are refused, told apart by their
+first bytes: their pixels depend on a rasteriser and a resolution the model
+knows nothing of, so the MediaError says to rasterise them first.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from collections.abc import Callable
 
 import torch
@@ -25,8 +30,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from ..choices import IMAGE_DECODE_MODES
 from ..errors import MediaError
-from ..options import IMAGE_DECODE_MODES
 from .config import IMAGEBIND_HUGE
 from .constants import CLIP_MEAN, CLIP_STD
 from .limits import (
@@ -43,6 +48,44 @@ _NARROW_MODES = {"1": 1, "L": 1, "P": 1}
 # What decoders hold besides the image, per pixel (measured with Pillow 12): libwebp's
 # RGBA frame and its copy; libjpeg's coefficients of a progressive JPEG (4:4:4 at most).
 _DECODER_BYTES_PER_PIXEL = {"WEBP": 13, "JPEG progressive": 6}
+# Vector formats Pillow identifies but cannot rasterise without Ghostscript or Windows.
+_VECTOR_FORMATS = {"EPS": "EPS", "WMF": "WMF/EMF"}
+_SNIFF_BYTES = 4096  # how much of the start of a file tells a vector image apart
+
+
+def vector_format(data: bytes) -> str | None:
+    """``SVG``, ``SVGZ``, ``PDF`` or ``EPS`` when ``data`` starts like that vector format.
+
+    Read from the first bytes only (a gzip stream: its first few KiB, inflated
+    no further), so a vector image is named before any decoder sees it.
+    """
+    head = data[:_SNIFF_BYTES]
+    if head.startswith(b"\x1f\x8b"):
+        try:
+            inflated = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, _SNIFF_BYTES)
+        except zlib.error:
+            return None
+        return "SVGZ" if _looks_like_svg(inflated) else None
+    if _looks_like_svg(head):
+        return "SVG"
+    if head.startswith(b"%PDF-"):
+        return "PDF"
+    if head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):  # PostScript, DOS EPS binary
+        return "EPS"
+    return None
+
+
+def _looks_like_svg(head: bytes) -> bool:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")  # a UTF-8 BOM, blank lines
+    if text.startswith(b"<svg"):
+        return True
+    # An XML declaration, an SVG doctype or a comment first, then the <svg> element.
+    return text.startswith((b"<?xml", b"<!DOCTYPE svg", b"<!--")) and b"<svg" in text
+
+
+def vector_image_error(kind: str) -> MediaError:
+    """The error for a vector image: what it is, and what to do."""
+    return MediaError(f"a vector image ({kind}): rasterise it first (e.g. to PNG)")
 
 
 def stored_bytes_per_pixel(mode: str) -> int:
@@ -55,10 +98,14 @@ def stored_bytes_per_pixel(mode: str) -> int:
 def read_header(data: bytes, what: str = "image") -> Image.Image:
     """The image opened lazily (only its header read), its shape within the limits.
 
-    MediaError says why not: empty, not an image, too many pixels, too long.
+    MediaError says why not: empty, a vector image (SVG, PDF, EPS, ...: they
+    must be rasterised first), not an image, too many pixels, too long.
     """
     if not data:
         raise MediaError(f"{what} file is empty (0 bytes)")
+    vector = vector_format(data)
+    if vector is not None:
+        raise vector_image_error(vector)
     try:
         with warnings.catch_warnings():
             # Pillow warns past half its bomb limit; the limits are checked below instead.
@@ -70,6 +117,8 @@ def read_header(data: bytes, what: str = "image") -> Image.Image:
         raise MediaError(f"{what} has more than {MAX_IMAGE_PIXELS:,} pixels, the limit") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise MediaError(f"not a decodable {what} file ({err})") from None
+    if image.format in _VECTOR_FORMATS:
+        raise vector_image_error(_VECTOR_FORMATS[image.format])
     check_picture_shape(image.width, image.height, what, MAX_IMAGE_PIXELS)
     return image
 

@@ -46,14 +46,16 @@ from ..command import (
 from ..connection import parse_nodes
 from ..labels import LabelSet, ensure_label_properties, label_scorer, with_labels
 from ..schema import (
+    CONTENT_HASH,
     DEFAULT_VECTOR_NAME,
     EXACT_TEXT,
     MODALITY,
     MediaField,
     create_bind_collection,
+    uri_property,
 )
 from ..stack import StackError
-from .incremental import CONTENT_HASH, model_fingerprint
+from .incremental import model_fingerprint
 from .inputs import InputSpec, parse_modality_columns, plan_fields
 from .pipeline import IngestConfig, build
 from .progress import (
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(
         prog="ib-ingest",
         description="Embed a dataset of images, video, text, audio, depth, thermal and IMU "
-        "with ImageBind and write it into Weaviate. Unknown options go to Beam.",
+        "with ImageBind and write it into Weaviate. Beam's options "
+        "(--runner, ...) are passed on; anything else is an error.",
     )
     p.add_argument(
         "--input", required=True, help="a directory tree, or a Parquet/CSV/JSONL manifest"
@@ -197,13 +200,21 @@ def summarize(
     """Log the closing line; the job's counters, and the work per worker process by stage.
 
     ``exact`` counts (:mod:`.tally`) replace the runner's counters of the same
-    names, which may count a retried bundle twice.
+    names, which may count a retried bundle twice. Skipped files are named by
+    kind where the runner reports string sets (:class:`.progress.SkippedKinds`).
     """
     from apache_beam.metrics.metric import MetricsFilter
 
+    from .progress import SKIPPED_KINDS, skipped_note
+
     counts = dict.fromkeys(COUNTERS, 0)  # and the per-modality stage times (progress.StageTime)
     per_worker: dict[str, int] = {}
-    for counter in result.metrics().query(MetricsFilter())["counters"]:
+    metrics = result.metrics().query(MetricsFilter())
+    skipped_kinds: set[str] = set()
+    for found in metrics.get("string_sets", ()):
+        if (found.key.metric.namespace, found.key.metric.name) == (NAMESPACE, SKIPPED_KINDS):
+            skipped_kinds.update(found.committed or found.attempted or ())
+    for counter in metrics["counters"]:
         namespace, name = counter.key.metric.namespace, counter.key.metric.name
         value = counter.committed or counter.attempted or 0
         if namespace == NAMESPACE:
@@ -215,8 +226,12 @@ def summarize(
     elapsed = time.perf_counter() - started
     failed = counts["failed"] + counts["read_failed"]
     segments = f" (cut into {counts['segments']} segments)" if counts["segments"] else ""
+    skipped = ""
+    if counts["skipped"]:
+        note = skipped_note(skipped_kinds)
+        skipped = f", skipped {counts['skipped']}" + (f" ({note})" if note else "")
     log.info(
-        "done in %.1f s: read %d%s, embedded %d, written %d, failed %d, unchanged %d, deleted %d "
+        "done in %.1f s: read %d%s, embedded %d, written %d, failed %d, unchanged %d, deleted %d%s "
         "(%.1f objects/s)%s",
         elapsed,
         counts["read"],
@@ -226,6 +241,7 @@ def summarize(
         failed,
         counts["unchanged"],
         counts["deleted"],
+        skipped,
         counts["written"] / max(elapsed, 1e-9),
         f"; failures in {dead_letter}" if failed else "",
     )
@@ -239,8 +255,12 @@ def summarize(
 
 def main(argv: Sequence[str] | None = None) -> int:
     console_logging()
-    args, beam_args = build_parser().parse_known_args(argv)
+    from ..command import check_beam_options
+
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
     try:
+        check_beam_options(parser, beam_args)  # a misspelt flag would go to Beam, lost
         check_runner_options(beam_args)
         spec, fields, model = check_start(args)
         return run(args, beam_args, spec, fields, model)
@@ -442,8 +462,9 @@ def with_job_name(
     return [*beam_args, f"--job_name={name}"], name
 
 
-def job_counts(args, beam_args: list[str], job_name: str):
-    """Where the progress line reads the job's counters: None for this process's own.
+def job_counts(args, beam_args: list[str], job_name: str, namespace: str = NAMESPACE):
+    """Where the progress line reads the job's counters (in ``namespace``): None for this
+    process's own.
 
     In-process runners (Direct, Prism) count here; on a portable runner the
     counters are the engine's, read through ``--runner-metrics-url``.
@@ -454,7 +475,7 @@ def job_counts(args, beam_args: list[str], job_name: str):
         from ..runners.metrics import RunnerMetrics
 
         metrics = RunnerMetrics(args.runner_metrics_url, job_name)
-        return lambda: metrics.counters(NAMESPACE)
+        return lambda: metrics.counters(namespace)
     runner = PipelineOptions(beam_args).view_as(StandardOptions).runner or "DirectRunner"
     if runner.removesuffix("Runner").lower() not in ("direct", "prism", "switching"):
         log.info(
@@ -505,9 +526,9 @@ def prepare_collection(
 
     client = target.connect()
     try:
-        metadata = {f"{f.name}_uri": DataType.TEXT for f in fields} if store_uri else {}
+        metadata = {uri_property(f.name): DataType.TEXT for f in fields} if store_uri else {}
         if segmented:
-            uris = {f"{f.name}_uri": DataType.TEXT for f in fields if f.modality in SEGMENTED}
+            uris = {uri_property(f.name): DataType.TEXT for f in fields if f.modality in SEGMENTED}
             metadata.update({**uris, **segment_properties()})
         metadata[CONTENT_HASH] = DataType.TEXT
         metadata[MODALITY] = DataType.TEXT_ARRAY

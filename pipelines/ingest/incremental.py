@@ -23,12 +23,11 @@ from ib_vectorizer.options import ModelOptions
 from ..beam.read import ReadFromWeaviate
 from ..beam.target import CollectionDoFn, WeaviateTarget
 from ..beam.write import object_uuid
-from ..schema import PARENT_ID, MediaField
+from ..schema import CONTENT_HASH, PARENT_ID, MediaField
 from .progress import JobCounter
 from .ready import ReadyObject
 from .segments import Source, complete_sources
 
-CONTENT_HASH = "content_hash"
 LOOKUP_BATCH = 200  # ids per look-up (and per delete)
 _EDGE_BYTES = 1 << 20
 

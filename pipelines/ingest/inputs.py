@@ -88,9 +88,18 @@ class InputSpec:
 
     @property
     def kind(self) -> str:
-        """``directory``, ``parquet``, ``csv`` or ``jsonl``, from the path alone."""
+        """``directory``, ``parquet``, ``csv`` or ``jsonl``, from the path alone.
+
+        A local path that is no manifest's name must exist (a directory, or a
+        file that gets the error below); a manifest's may be a glob, checked
+        when its header is read.
+        """
         path = self.path
-        if path.endswith("/") or (not has_scheme(path) and os.path.isdir(path)):
+        if not has_scheme(path) and os.path.isdir(path):
+            return "directory"
+        if path.endswith("/"):
+            if not has_scheme(path):
+                raise _missing(path)
             return "directory"
         name = path.rsplit("/", 1)[-1].lower()
         stem = next((name[: -len(s)] for s in _COMPRESSED if name.endswith(s)), name)
@@ -99,6 +108,8 @@ class InputSpec:
                 return kind
         if has_scheme(path) and "." not in name:
             return "directory"  # a bucket prefix
+        if not has_scheme(path) and not os.path.exists(path):
+            raise _missing(path)
         raise ValueError(
             f"{path!r} is neither a directory nor a manifest: expected a directory or a "
             f"file ending in .parquet/.pq, .csv or .jsonl/.ndjson (CSV and JSONL may be "
@@ -106,8 +117,16 @@ class InputSpec:
         )
 
 
+def _missing(path: str) -> ValueError:
+    return ValueError(f"--input {path} does not exist")
+
+
 def _plan(spec: InputSpec) -> tuple[dict[str, Modality], list[str]]:
-    columns = manifest_columns(spec.path, spec.kind)
+    kind = spec.kind
+    local = not has_scheme(spec.path) and not any(c in spec.path for c in "*?[")  # not a glob
+    if local and not os.path.exists(spec.path):
+        raise _missing(spec.path)
+    columns = manifest_columns(spec.path, kind)
     listed = ", ".join(columns) or "none"
     if spec.id_column not in columns:
         raise ValueError(

@@ -28,9 +28,17 @@ from ..beam.failures import Failure
 from ..beam.target import WeaviateTarget
 from ..beam.write import WriteToWeaviate
 from ..labels import LabelSet, tag_properties
-from ..schema import DEFAULT_VECTOR_NAME, MODALITY, SOURCE_ID, MediaField, combine_like_weaviate
+from ..schema import (
+    CONTENT_HASH,
+    DEFAULT_VECTOR_NAME,
+    MODALITY,
+    SOURCE_ID,
+    MediaField,
+    combine_like_weaviate,
+    uri_property,
+)
 from .decode import FAILURES, Decode, ReadFields, ReadyObject
-from .incremental import CONTENT_HASH, DeleteMissing, skip_unchanged
+from .incremental import DeleteMissing, skip_unchanged
 from .inputs import InputSpec
 from .model_handler import EmbeddedObject, ObjectModelHandler
 from .progress import NAMESPACE, JobCounter
@@ -77,7 +85,7 @@ def to_weaviate_object(ready: ReadyObject, vectors: dict | None, config: IngestC
             properties[name] = content
         elif config.store_uri:
             if name in ready.uris:
-                properties[f"{name}_uri"] = ready.uris[name]
+                properties[uri_property(name)] = ready.uris[name]
         else:
             properties[name] = ready.wire_item(name)
     vector = None
@@ -175,6 +183,7 @@ def build(
     read = pipeline | "Read" >> ReadObjects(config.spec)
     tally["read"] = [(1, read.objects)]
     tally["read_failed"] = [(1, read.failures)]
+    tally["skipped"] = [(1, read.skipped)]
     # Local embedding preprocesses here, in parallel, with the model's own geometry.
     preprocessor = (
         Preprocessor.for_model(

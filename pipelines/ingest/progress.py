@@ -1,7 +1,7 @@
 """What the job has done so far: Beam counters, and a progress line every few seconds.
 
-Every count (``read``, ``decoded``, ``embedded``, ``written``, ``failed``, ...)
-goes to a Beam counter, which the runner aggregates and the closing summary
+Every count (``read``, ``skipped``, ``decoded``, ``embedded``, ``written``,
+``failed``, ...) goes to a Beam counter, which the runner aggregates and the closing summary
 reads, and to this process's running totals, which a :class:`ProgressReporter`
 prints while the job runs. With the DirectRunner and Prism the workers run in
 the launching process, so those totals are the job's; on Flink and Spark the
@@ -29,9 +29,12 @@ from ..beam.counters import Counter, process_totals, reset_process_totals
 NAMESPACE = "ib_ingest"
 WORKERS_NAMESPACE = "ib_ingest_workers"
 COUNTERS = (
-    "listed", "read", "read_failed", "unchanged", "decoded", "segments", "embedded", "written",
-    "deleted", "failed",
+    "listed", "read", "read_failed", "skipped", "unchanged", "decoded", "segments", "embedded",
+    "written", "deleted", "failed",
 )  # fmt: skip
+SKIPPED_KINDS = "skipped_kinds"  # string set: "why<TAB>kind<TAB>example" (see SkippedKinds)
+_KINDS_PER_INSTANCE = 16  # the most kinds one step instance names: the set stays small
+_NAMED_PER_REASON = 3  # examples the summary names for each reason
 
 log = logging.getLogger("ib_ingest")
 
@@ -41,6 +44,47 @@ class JobCounter(Counter):
 
     def __init__(self, name: str) -> None:
         super().__init__(NAMESPACE, name)
+
+
+class SkippedKinds:
+    """Which kinds of files were skipped, and why, for the closing summary to name.
+
+    A Beam string set of ``why<TAB>kind<TAB>example`` entries: ``not media``,
+    ``.md``, ``README.md``. Each instance (one per step on a worker) records
+    the first file of each kind it meets, and at most a few kinds, so the set
+    stays small however many files are skipped; a set, unlike a counter, is
+    not inflated by a retried bundle. :func:`skipped_note` reads it back.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str]] = set()
+
+    def add(self, why: str, kind: str, example: str) -> None:
+        if (why, kind) in self._seen or len(self._seen) >= _KINDS_PER_INSTANCE:
+            return
+        self._seen.add((why, kind))
+        entry = "\t".join(part.replace("\t", " ") for part in (why, kind, example))
+        beam.metrics.Metrics.string_set(NAMESPACE, SKIPPED_KINDS).add(entry)
+
+
+def skipped_note(entries) -> str:
+    """``not media: README.md, notes.json; OS files: .DS_Store`` from :class:`SkippedKinds`.
+
+    One example per kind, the first few kinds per reason (``...`` when there
+    are more); empty when the runner reported no entries.
+    """
+    examples: dict[str, dict[str, str]] = {}  # why → kind → example
+    for entry in entries or ():
+        why, _, rest = entry.partition("\t")
+        kind, _, example = rest.partition("\t")
+        kinds = examples.setdefault(why, {})
+        kinds[kind] = min(kinds.get(kind, example), example)
+    parts = []
+    for why, kinds in sorted(examples.items(), key=lambda item: item[0].lower()):
+        names = sorted(kinds.values(), key=str.lower)
+        more = ", ..." if len(names) > _NAMED_PER_REASON else ""
+        parts.append(f"{why}: {', '.join(names[:_NAMED_PER_REASON])}{more}")
+    return "; ".join(parts)
 
 
 class StageTime:
@@ -82,7 +126,7 @@ def progress_line(counts: dict[str, int], elapsed_s: float) -> str:
     """
     failed = counts["failed"] + counts.get("read_failed", 0)
     unchanged = counts.get("unchanged", 0)
-    done = counts["written"] + counts["failed"] + unchanged
+    done = counts["written"] + counts["failed"] + unchanged + counts.get("skipped", 0)
     rate = counts["written"] / elapsed_s if elapsed_s > 0 else 0.0
     skipped = f"unchanged {unchanged}, " if unchanged else ""
     line = (

@@ -41,7 +41,7 @@ from ib_vectorizer.retry import call_with_retries
 
 from ..beam.target import BACKOFF
 from ..beam.write import object_uuid
-from ..schema import PARENT_ID
+from ..schema import CONTENT_HASH, PARENT_ID, uri_property
 from .objects import SourceObject
 from .ready import ReadyObject, read_field
 
@@ -123,8 +123,6 @@ def complete_sources(collection, hashes: list[str]) -> set[str]:
     from weaviate.classes.aggregate import GroupByAggregate
     from weaviate.classes.query import Filter, Metrics
 
-    from .incremental import CONTENT_HASH
-
     def look_up():
         return collection.aggregate.over_all(
             filters=Filter.by_property(CONTENT_HASH).contains_any(hashes),
@@ -196,7 +194,7 @@ def segment_object(source: Source, segment: Segment) -> ReadyObject:
         }
     )
     if value.uri is not None:
-        properties[f"{name}_uri"] = value.uri
+        properties[uri_property(name)] = value.uri
     return ReadyObject(
         source_id=fragment_id(obj.source_id, segment.start_s, segment.end_s),
         source=obj.source,
@@ -211,8 +209,6 @@ def segment_object(source: Source, segment: Segment) -> ReadyObject:
 def delete_stale(collection, source: Source) -> None:
     """Delete the source's segments with another hash, and a whole-file object of its id."""
     from weaviate.classes.query import Filter
-
-    from .incremental import CONTENT_HASH
 
     parent = source.obj.source_id
     stale = Filter.by_property(PARENT_ID).equal(parent) & Filter.by_property(

@@ -8,10 +8,12 @@ into one object), ``manifest_files`` (opening manifests on any filesystem)
 and ``paths`` (local paths and URIs).
 
 CSV values stay strings (CSV carries no types) and an empty cell reads as
-``None``. What cannot be read (an unknown file type, a row without id or
-media, a malformed line) becomes a ``Failure`` with stage ``read``, named
+``None``. What cannot be read (a vector image, a row without id or media, a
+malformed line) becomes a ``Failure`` with stage ``read``, named
 ``path:row N`` (Parquet, counted from 0 like pyarrow) or ``path:line N``
-(CSV/JSONL, counted from 1 like an editor).
+(CSV/JSONL, counted from 1 like an editor). A directory's files that are not
+media, or that an OS left behind, are skipped: counted (``skipped``) and
+named by kind in the summary, not failed.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from ..paths import absolute, dirname, relpath
 from .inputs import InputSpec
 from .manifest_files import csv_reader, lines, parquet_file
 from .objects import SourceObject
-from .progress import JobCounter
-from .to_objects import file_to_object, row_id, row_to_object
+from .progress import JobCounter, SkippedKinds
+from .to_objects import Skipped, file_to_object, row_id, row_to_object
 
 OBJECTS = "objects"
 FAILURES = "failures"
+SKIPPED = "skipped"  # the ids of a directory's files that are no object (see to_objects.Skipped)
 STAGE = "read"
 
 _PARQUET_BATCH_ROWS = 256  # rows per decoded batch: inline media make rows large
@@ -75,6 +78,8 @@ class _FilesToObjects(_ToObjects):
     def __init__(self, root: str):
         super().__init__()
         self._root = root
+        self._skipped = JobCounter("skipped")
+        self._kinds = SkippedKinds()
 
     def process(self, file: FileMetadata) -> Iterator[SourceObject | beam.pvalue.TaggedOutput]:
         try:
@@ -86,7 +91,11 @@ class _FilesToObjects(_ToObjects):
                 source_id = file.path
             yield self._fail(source_id, file.path, str(err))
             return
-        if obj is not None:
+        if isinstance(obj, Skipped):
+            self._skipped.inc()
+            self._kinds.add(obj.why, obj.kind, obj.source_id.rsplit("/", 1)[-1])
+            yield beam.pvalue.TaggedOutput(SKIPPED, obj.source_id)
+        elif obj is not None:
             yield self._ok(obj)
 
 
@@ -189,11 +198,12 @@ def _count_listed(item):
 class ReadObjects(beam.PTransform):
     """Reads a directory or manifest into ``SourceObject``s.
 
-    The result has two outputs: ``objects`` and ``failures`` (``Failure``s of
-    stage ``read``)::
+    The result has three outputs: ``objects``, ``failures`` (``Failure``s of
+    stage ``read``) and ``skipped`` (the ids of a directory's files that are
+    not media or an OS's own)::
 
         read = pipeline | ReadObjects(InputSpec("gs://bucket/dataset"))
-        read.objects, read.failures
+        read.objects, read.failures, read.skipped
 
     Files are listed, and manifests read, by one worker each; a reshuffle then
     spreads the objects so that decoding and embedding run in parallel.
@@ -235,5 +245,5 @@ class ReadObjects(beam.PTransform):
             )
             to_objects = _RowsToObjects(spec)
         return candidates | "ToObjects" >> beam.ParDo(to_objects).with_outputs(
-            FAILURES, main=OBJECTS
+            FAILURES, SKIPPED, main=OBJECTS
         )

@@ -3,6 +3,11 @@
 A directory holds one object per file, its id the path relative to the root.
 A first-level folder named after a modality (``image/``, ``audio/``, ...)
 fixes the modality of everything under it; elsewhere the extension decides.
+What no modality claims there (``README.md``, a ``.json`` sidecar) is not
+media, and what an operating system leaves behind (``.DS_Store``,
+``Thumbs.db``, ``desktop.ini``, AppleDouble ``._*`` files) is no object
+anywhere: both are :class:`Skipped`. A vector image (``.svg``, ``.eps``, ...)
+outside the modality folders is an error: it must be rasterised first.
 
 A manifest row is one object (see ``inputs`` for which column is what).
 Inline bytes: Parquet binary cells are bytes already. In CSV and JSONL a
@@ -21,6 +26,7 @@ import datetime
 import decimal
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +41,9 @@ from .objects import FieldValue, SourceObject
 
 _FOLDERS = {modality.label: modality for modality in Modality}  # first-level folder names
 
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+_IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif",
+)  # fmt: skip
 _AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".wma")
 _VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 _EXTENSIONS: dict[str, Modality] = {
@@ -46,35 +54,73 @@ _EXTENSIONS: dict[str, Modality] = {
     ".npy": Modality.IMU,
     ".txt": Modality.TEXT,
 }
+# Vector images: their pixels depend on a rasteriser. The decoders refuse them by content
+# with the same words (ib_vectorizer.preprocess.image.vector_image_error).
+_VECTOR_EXTENSIONS = {
+    ".svg": "SVG", ".svgz": "SVGZ", ".eps": "EPS", ".ai": "Adobe Illustrator",
+    ".wmf": "WMF/EMF", ".emf": "WMF/EMF",
+}  # fmt: skip
+# What operating systems leave in folders (Finder, Explorer), compared in lower case;
+# and AppleDouble files, "._" and the name of the file they describe.
+_OS_FILES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
+NOT_MEDIA = "not media"
+OS_FILES = "OS files"
 
 
 # -- files ---------------------------------------------------------------------------------------
 
 
-def _modality_of_path(relative: str) -> Modality | None:
-    parts = relative.split("/")
-    if len(parts) > 1 and parts[0] in _FOLDERS:
-        return _FOLDERS[parts[0]]
-    _, dot, extension = parts[-1].rpartition(".")
-    return _EXTENSIONS.get("." + extension.lower()) if dot else None
+@dataclass(frozen=True)
+class Skipped:
+    """A file of a directory that is no object, and why: ``NOT_MEDIA`` or ``OS_FILES``.
+
+    ``kind`` is what the summary names it by, with ``source_id`` as the
+    example: the extension (``.md``) or the name (``.DS_Store``, ``._*``).
+    """
+
+    source_id: str
+    why: str
+    kind: str
 
 
-def file_to_object(path: str, root: str) -> SourceObject | None:
-    """The object file ``path`` under ``root`` becomes; None for hidden files.
+def _extension(name: str) -> str:
+    """``.md`` of ``README.md``; the whole name, lower-cased, when it has no extension."""
+    stem, dot, extension = name.rpartition(".")
+    return "." + extension.lower() if dot and stem else name.lower()
 
-    Raises ValueError when neither its folder nor its extension names a modality.
+
+def file_to_object(path: str, root: str) -> SourceObject | Skipped | None:
+    """The object file ``path`` under ``root`` becomes, or why it becomes none.
+
+    None for folder markers and hidden files and folders; :class:`Skipped`
+    for a file an OS made (anywhere) and for one outside the modality folders
+    whose extension no modality claims. Raises ValueError for a vector image
+    outside the modality folders (inside them, decoding refuses it by content).
     """
     relative = relpath(path, root)
     if not relative or relative.endswith("/"):  # an object store's folder marker
         return None
-    if any(part.startswith(".") for part in relative.split("/")):
+    *folders, name = relative.split("/")
+    if any(part.startswith(".") for part in folders):
         return None
-    modality = _modality_of_path(relative)
-    if modality is None:
-        raise ValueError(
-            f"cannot tell the modality of {relative!r} from its folder or extension; put it "
-            f"under {', '.join(n + '/' for n in _FOLDERS)} or use a manifest"
-        )
+    if name.startswith("._"):
+        return Skipped(relative, OS_FILES, "._*")
+    if name.lower() in _OS_FILES:
+        return Skipped(relative, OS_FILES, name.lower())
+    if name.startswith("."):
+        return None
+    if folders and folders[0] in _FOLDERS:
+        modality = _FOLDERS[folders[0]]
+    else:
+        extension = _extension(name)
+        if extension in _VECTOR_EXTENSIONS:
+            raise ValueError(
+                f"a vector image ({_VECTOR_EXTENSIONS[extension]}): rasterise it first "
+                f"(e.g. to PNG)"
+            )
+        modality = _EXTENSIONS.get(extension)
+        if modality is None:
+            return Skipped(relative, NOT_MEDIA, extension)
     return SourceObject(relative, path, {modality.label: FieldValue(modality, uri=path)})
 
 

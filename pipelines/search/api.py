@@ -39,7 +39,7 @@ from ..near import (
     near,
     open_collection,
 )
-from ..schema import MODALITY, PARENT_ID, SOURCE_ID, recorded_media_roots
+from ..schema import MODALITY, PARENT_ID, SOURCE_ID, recorded_media_roots, uri_property
 from .access import MediaFile, MediaRoots, allowed_url, is_web_url, open_media_file
 from .detect import content_type, detect_modality
 from .errors import ApiError
@@ -118,7 +118,7 @@ def read_layout(collection) -> Layout:
                 for name in names:
                     modalities[name if isinstance(name, str) else name["name"]] = CONFIG_KEYS[key]
     fields = tuple(
-        MediaField(name, modality, f"{name}_uri" if f"{name}_uri" in types else None)
+        MediaField(name, modality, uri_property(name) if uri_property(name) in types else None)
         for name, modality in sorted(modalities.items())
     )
     blobs = tuple(name for name, kind in types.items() if kind == "blob")

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(
         prog="ib-tag",
         description="Tag every object of a collection with zero-shot labels, from the vectors "
-        "Weaviate stores (no media is read or embedded). Unknown options go to Beam.",
+        "Weaviate stores (no media is read or embedded). Beam's options "
+        "(--runner, ...) are passed on; anything else is an error.",
     )
     p.add_argument("--collection", required=True)
     add_label_flags(p, required=True)
@@ -77,13 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="how often a progress line goes to stderr (default 10)",
     )
+    p.add_argument(
+        "--runner-metrics-url",
+        help="a Flink or Spark UI to read the job's counters from while it runs, for the "
+        "progress line (ib-runner prints it)",
+    )
     p.add_argument("--metrics-json", help="write the job's counters to this JSON file")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, beam_args = build_parser().parse_known_args(argv)
+    from ..command import check_beam_options
+
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
     try:
+        check_beam_options(parser, beam_args)  # a misspelt flag would go to Beam, lost
         label_set, model = check_start(args)
         return run(args, beam_args, label_set, model)
     except (CommandError, StackError, ValueError) as err:
@@ -107,17 +117,14 @@ def check_start(args) -> tuple[LabelSet, ModelOptions]:
 
 def prepare(target: WeaviateTarget, vector_name: str) -> list[Modality]:
     """Check the collection and add the label properties; the modalities of its objects."""
-    from ..near import NoSuchCollection, open_collection
+    from ..near import NoSuchCollection, collection_names, open_collection
 
     client = target.connect()
     try:
         try:
             collection = open_collection(client, target.collection)
-        except NoSuchCollection:
-            names = ", ".join(sorted(client.collections.list_all())) or "none"
-            raise CommandError(
-                f"collection {target.collection!r} does not exist (collections: {names})"
-            ) from None
+        except NoSuchCollection as err:
+            raise CommandError(f"{err} (collections: {collection_names(client)})") from None
         config = collection.config.get()
         if vector_name not in (config.vector_config or {}):
             raise CommandError(
@@ -154,7 +161,7 @@ def stored_modalities(collection) -> list[Modality]:
 def run(args, beam_args: list[str], label_set: LabelSet, model: ModelOptions) -> int:
     from contextlib import ExitStack
 
-    from ..ingest.command import open_target, with_job_name
+    from ..ingest.command import job_counts, open_target, with_job_name
     from ..ingest.progress import ProgressReporter
 
     started = time.perf_counter()
@@ -172,7 +179,7 @@ def run(args, beam_args: list[str], label_set: LabelSet, model: ModelOptions) ->
             ", ".join(m.label for m in modalities),
             time.perf_counter() - embedding,
         )
-        beam_args, _ = with_job_name(beam_args, args.collection, prog="ib-tag")
+        beam_args, job_name = with_job_name(beam_args, args.collection, prog="ib-tag")
         pipeline = beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
         failures = build(
             pipeline,
@@ -186,6 +193,7 @@ def run(args, beam_args: list[str], label_set: LabelSet, model: ModelOptions) ->
         write_failures(failures, args.dead_letter)
         with ProgressReporter(
             args.progress_seconds,
+            job_counts(args, beam_args, job_name, NAMESPACE),
             namespace=NAMESPACE,
             counters=COUNTERS,
             line=progress_line,

@@ -1,0 +1,69 @@
+"""Our modules import one another without circles, counting imports inside functions too
+(a lazy import that closes a circle is a circle a reader has to untangle)."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("ib_vectorizer", "pipelines")
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The modules of ours that ``name`` imports anywhere in its file (a package's names
+    come from its ``__init__``)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            candidates = [f"{module}.{alias.name}" for alias in node.names] + [module]
+        elif isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        else:
+            continue
+        for candidate in candidates:
+            if candidate in known and candidate != name:
+                targets.add(candidate)
+                break
+    return targets
+
+
+def test_no_module_imports_itself_through_others():
+    known = modules()
+    graph = defaultdict(set)
+    for name, path in known.items():
+        if path.name != "__init__.py":
+            graph[name] = {
+                m for m in imports_of(name, path, known) if known[m].name != "__init__.py"
+            }
+    circles = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        for nxt in graph[node]:
+            if nxt in trail:
+                circles.add(" -> ".join([*trail[trail.index(nxt) :], nxt]))
+            elif nxt not in seen:
+                seen.add(nxt)
+                visit(nxt, [*trail, nxt])
+
+    for start in sorted(graph):
+        seen = {start}
+        visit(start, [start])
+    assert sorted(circles) == []
