@@ -67,3 +67,30 @@ def test_no_module_imports_itself_through_others():
         seen = {start}
         visit(start, [start])
     assert sorted(circles) == []
+
+
+COMMANDS = (
+    "pipelines.ingest.command",
+    "pipelines.tag.command",
+    "pipelines.query",
+    "pipelines.stack",
+    "pipelines.search.server",
+    "pipelines.runners.command",
+    "ib_vectorizer.cli",
+)
+
+
+def test_the_commands_read_their_flags_without_importing_torch():
+    """``--help`` and a bad flag answer at once: torch (about 2 s to import) comes later."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import importlib, sys\n"
+        + "".join(f"importlib.import_module({name!r})\n" for name in COMMANDS)
+        + "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"

@@ -29,7 +29,6 @@ from apache_beam.options.pipeline_options import (
 )
 
 from ib_vectorizer.options import ModelOptions, add_flags, from_sources
-from ib_vectorizer.preprocess import Preprocessor
 
 from ..beam.failures import write_failures
 from ..beam.target import WeaviateTarget
@@ -55,9 +54,7 @@ from ..schema import (
     uri_property,
 )
 from ..stack import StackError
-from .incremental import model_fingerprint
 from .inputs import InputSpec, parse_modality_columns, plan_fields
-from .pipeline import IngestConfig, build
 from .progress import (
     COUNTERS,
     NAMESPACE,
@@ -65,7 +62,6 @@ from .progress import (
     ProgressReporter,
     workers_by_stage,
 )
-from .segments import SEGMENTED, parse_rule, segment_properties
 from .tally import CountInto, read_tally, tally_folder
 
 log = logging.getLogger("ib_ingest")
@@ -282,6 +278,10 @@ def label_set_of(args) -> LabelSet | None:
 
 def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
     """Everything that can be checked before anything starts; CommandError/ValueError if not."""
+    from ib_vectorizer.preprocess import Preprocessor  # torch: imported once --help is past
+
+    from .segments import parse_rule
+
     spec = InputSpec(args.input, args.id_column, parse_modality_columns(args.modality_columns))
     fields = media_fields(spec, parse_weights(args.weights))
     if args.embed == "weaviate" and args.store_uri:
@@ -343,6 +343,10 @@ def run(
     model: ModelOptions,
 ) -> int:
     from contextlib import ExitStack
+
+    from .incremental import model_fingerprint
+    from .pipeline import IngestConfig, build
+    from .segments import parse_rule
 
     with ExitStack() as resources:
         target, vectorizer = open_target(args, model, resources)
@@ -523,6 +527,7 @@ def prepare_collection(
 
     from ..paths import absolute, dirname
     from ..schema import ensure_tenant, record_media_root
+    from .segments import SEGMENTED, segment_properties
 
     client = target.connect()
     try:
