@@ -73,6 +73,14 @@ def add_weaviate_flags(parser, consistency_help: str, url_group=None) -> None:
     )
 
 
+def add_target_flags(parser, consistency_help: str) -> None:
+    """Where a job's collection is: a running Weaviate (:func:`add_weaviate_flags`) or the
+    local stack on ``--data-dir``, one or the other."""
+    where = parser.add_mutually_exclusive_group()
+    add_weaviate_flags(parser, consistency_help, url_group=where)
+    where.add_argument("--data-dir", help="the local stack's data directory")
+
+
 def add_label_flags(group, required: bool = False) -> None:
     """``--labels FILE``, ``--label-template``, ``--top-k``, ``--min-score``: the zero-shot
     tags of ib-ingest and ib-tag (:class:`pipelines.labels.LabelSet`)."""

@@ -43,6 +43,21 @@ def text_properties(collection) -> list[str]:
     return [p.name for p in collection.config.get().properties if p.data_type != DataType.BLOB]
 
 
+def _search_options(
+    collection, limit: int, offset: int, filters, return_properties, target_vector
+) -> dict:
+    """What every search of a collection is given: the page, filters, properties, vector."""
+    return {
+        "limit": limit,
+        "offset": offset or None,
+        "filters": filters,
+        "return_properties": (
+            text_properties(collection) if return_properties is None else return_properties
+        ),
+        "target_vector": target_vector or imagebind_vector(collection),
+    }
+
+
 def near(
     collection,
     kind: str,
@@ -64,16 +79,9 @@ def near(
     """
     from weaviate.classes.query import MetadataQuery, NearMediaType
 
-    options = {
-        "limit": limit,
-        "offset": offset or None,
-        "filters": filters,
-        "return_metadata": MetadataQuery(distance=True),
-        "return_properties": (
-            text_properties(collection) if return_properties is None else return_properties
-        ),
-        "target_vector": target_vector or imagebind_vector(collection),
-    }
+    options = _search_options(
+        collection, limit, offset, filters, return_properties, target_vector
+    ) | {"return_metadata": MetadataQuery(distance=True)}
     if kind == "text":
         result = collection.query.near_text(query=value, **options)
     elif kind == "object":
@@ -115,17 +123,9 @@ def hybrid(
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"the hybrid alpha is between 0 (keywords) and 1 (vector), not {alpha}")
+    options = _search_options(collection, limit, offset, filters, return_properties, target_vector)
     result = collection.query.hybrid(
-        query=text,
-        alpha=alpha,
-        target_vector=target_vector or imagebind_vector(collection),
-        limit=limit,
-        offset=offset or None,
-        filters=filters,
-        return_metadata=MetadataQuery(score=True),
-        return_properties=(
-            text_properties(collection) if return_properties is None else return_properties
-        ),
+        query=text, alpha=alpha, return_metadata=MetadataQuery(score=True), **options
     )
     return [
         {"id": str(o.uuid), "score": o.metadata.score, "properties": dict(o.properties)}

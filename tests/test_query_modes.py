@@ -260,11 +260,11 @@ def test_the_table_and_the_errors_speak_of_the_users_things(stack, capsys, media
     assert ib_query(["--collection", "Composd", "--near-text", "a dog", *where]) == 1
     err = capsys.readouterr().err
     assert "collection 'Composd' does not exist (collections:" in err and "Composed" in err
-    fake = tmp_path / "fake.wav"
-    fake.write_bytes(b"RIFF this is not a wave file at all" * 10)
-    assert ib_query(["--collection", "Composed", "--near-audio", str(fake), *where]) == 1
+    not_audio = tmp_path / "not_audio.wav"
+    not_audio.write_bytes(b"RIFF this is not a wave file at all" * 10)
+    assert ib_query(["--collection", "Composed", "--near-audio", str(not_audio), *where]) == 1
     err = capsys.readouterr().err
-    assert f"{fake}: Weaviate's vectorizer could not use it as audio" in err
+    assert f"{not_audio}: Weaviate's vectorizer could not use it as audio" in err
     assert len(err.strip().splitlines()) == 1
 
 

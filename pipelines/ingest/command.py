@@ -36,7 +36,7 @@ from ..command import (
     CommandError,
     CommandParser,
     add_label_flags,
-    add_weaviate_flags,
+    add_target_flags,
     check_checkpoint,
     check_weaviate,
     console_logging,
@@ -80,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", required=True)
     p.add_argument("--id-column", default="id")
     p.add_argument("--modality-columns", default="", help="e.g. image=photo,audio=clip")
-    where = p.add_mutually_exclusive_group()
-    add_weaviate_flags(p, "replicas that must acknowledge each write and look-up", url_group=where)
-    where.add_argument("--data-dir", help="the local stack's data directory")
+    add_target_flags(p, "replicas that must acknowledge each write and look-up")
     p.add_argument(
         "--replication-factor",
         type=int,
@@ -258,8 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_beam_options(parser, beam_args)  # a misspelt flag would go to Beam, lost
         check_runner_options(beam_args)
-        spec, fields, model = check_start(args)
-        return run(args, beam_args, spec, fields, model)
+        spec, fields, model, labels = check_start(args)
+        return run(args, beam_args, spec, fields, model, labels)
     except (CommandError, StackError, ValueError) as err:
         return fail("ib-ingest", str(err))
 
@@ -276,7 +274,9 @@ def label_set_of(args) -> LabelSet | None:
     return LabelSet.from_flags(args.labels, args.label_template, args.top_k, args.min_score)
 
 
-def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
+def check_start(
+    args,
+) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions, LabelSet | None]:
     """Everything that can be checked before anything starts; CommandError/ValueError if not."""
     from ib_vectorizer.preprocess import Preprocessor  # torch: imported once --help is past
 
@@ -308,12 +308,12 @@ def check_start(args) -> tuple[InputSpec, tuple[MediaField, ...], ModelOptions]:
             raise CommandError("--embed server with --weaviate-url needs --vectorizer-url")
         for url, _ in parse_nodes(args.weaviate_url, args.grpc_port):
             check_weaviate(url)
-    label_set_of(args)
+    labels = label_set_of(args)
     if args.embed == "local" or not args.weaviate_url or args.labels:  # our model embeds
         check_checkpoint(model)
     if args.embed == "local":
         Preprocessor.for_model(model.config())  # a geometry preprocessing cannot follow
-    return spec, fields, model
+    return spec, fields, model, labels
 
 
 def check_runner_options(beam_args: list[str]) -> None:
@@ -341,6 +341,7 @@ def run(
     spec: InputSpec,
     fields: tuple[MediaField, ...],
     model: ModelOptions,
+    labels: LabelSet | None,
 ) -> int:
     from contextlib import ExitStack
 
@@ -362,7 +363,6 @@ def run(
             field_vectors=args.vector_per_field,
         )
         meta = fetch_meta(vectorizer) if vectorizer and args.embed != "local" else None
-        labels = label_set_of(args)
         scorer = None
         if labels is not None:
             embedding = time.perf_counter()

@@ -30,7 +30,7 @@ from ..command import (
     CommandError,
     CommandParser,
     add_label_flags,
-    add_weaviate_flags,
+    add_target_flags,
     check_checkpoint,
     check_weaviate,
     fail,
@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", required=True)
     add_label_flags(p, required=True)
     p.add_argument("--tenant", help="tag this tenant of a multi-tenant collection")
-    where = p.add_mutually_exclusive_group()
-    add_weaviate_flags(p, "replicas that must acknowledge each update", url_group=where)
-    where.add_argument("--data-dir", help="the local stack's data directory")
+    add_target_flags(p, "replicas that must acknowledge each update")
     p.add_argument(
         "--vector-name",
         default=DEFAULT_VECTOR_NAME,
