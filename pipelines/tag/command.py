@@ -27,6 +27,7 @@ from ib_vectorizer.options import ModelOptions, add_flags, from_sources
 from ..beam.failures import write_failures
 from ..beam.target import WeaviateTarget
 from ..command import (
+    DATA_DIR_HELP,
     CommandError,
     CommandParser,
     add_label_flags,
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", help="tag this tenant of a multi-tenant collection")
     where = p.add_mutually_exclusive_group()
     add_weaviate_flags(p, "replicas that must acknowledge each update", url_group=where)
-    where.add_argument("--data-dir", help="the local stack's data directory")
+    where.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument(
         "--vector-name",
         default=DEFAULT_VECTOR_NAME,
@@ -166,7 +167,7 @@ def run(args, beam_args: list[str], label_set: LabelSet, model: ModelOptions) ->
 
     started = time.perf_counter()
     with ExitStack() as resources:
-        target, _ = open_target(args, model, resources)
+        target, _, _ = open_target(args, model, resources)
         modalities = prepare(target, args.vector_name)
         if not modalities:
             log.info("collection %s has no objects to tag", args.collection)
