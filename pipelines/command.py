@@ -22,6 +22,11 @@ from ib_vectorizer.server_process import http_status
 from .connection import CONSISTENCY_LEVELS
 
 OUR_LOGGERS = ("ib_ingest", "ib_tag", "ib_vectorizer", "pipelines")
+STACK_LOGGER = "pipelines.stack"
+DATA_DIR_HELP = (
+    "the local stack's data directory: the ib-stack running there is used, else a stack is "
+    "started for this command"
+)
 
 
 class CommandError(Exception):
@@ -78,7 +83,7 @@ def add_target_flags(parser, consistency_help: str) -> None:
     local stack on ``--data-dir``, one or the other."""
     where = parser.add_mutually_exclusive_group()
     add_weaviate_flags(parser, consistency_help, url_group=where)
-    where.add_argument("--data-dir", help="the local stack's data directory")
+    where.add_argument("--data-dir", help=DATA_DIR_HELP)
 
 
 def add_label_flags(group, required: bool = False) -> None:
@@ -122,7 +127,9 @@ def console_logging(level: int = logging.INFO) -> None:
     A library that logs at import time (Beam does) leaves the root logger with a
     plain stderr handler at WARNING, so ``logging.basicConfig`` does nothing and
     INFO lines vanish. Libraries stay at WARNING: their INFO lines (HTTP calls,
-    runner chatter) say nothing a user of these commands needs.
+    runner chatter) say nothing a user of these commands needs. Which local
+    stack a command starts or uses, and how long a start took, is said at any
+    ``level``: otherwise a query would sit silent for the 20 s of a start.
     """
     root = logging.getLogger()
     formatter = logging.Formatter(LOG_FORMAT)
@@ -134,6 +141,7 @@ def console_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(formatter)
     for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    logging.getLogger(STACK_LOGGER).setLevel(min(level, logging.INFO))
     beam_core = logging.getLogger("apache_beam.transforms.core")
     if not any(isinstance(f, _BareReturnFalseAlarm) for f in beam_core.filters):
         beam_core.addFilter(_BareReturnFalseAlarm())

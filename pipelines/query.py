@@ -2,9 +2,9 @@
 
 One ``--near-*`` item is embedded by Weaviate's vectorizer module; several
 (repeated or mixed, optionally weighted) are embedded by our inference server
-and added: :func:`pipelines.near.compose`. Without ``--weaviate-url`` it
-starts the local stack (``pipelines.stack``) on its data directory, queries,
-and stops it again.
+and added: :func:`pipelines.near.compose`. Without ``--weaviate-url`` it uses
+the local stack on its data directory: the ``ib-stack`` running there, else
+one it starts, queries and stops again (:func:`pipelines.stack.stack_for`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from ib_vectorizer.options import ModelOptions, add_flags, from_sources
 from ib_vectorizer.retry import Backoff, call_with_retries, first_line
 
 from .command import (
+    DATA_DIR_HELP,
     CommandError,
     CommandParser,
     add_weaviate_flags,
-    check_checkpoint,
     console_logging,
     fail,
 )
@@ -101,15 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_weaviate_flags(
         parser, "replicas that must answer alike: ONE keeps answering while nodes are down"
     )
-    parser.add_argument("--data-dir", help="the local stack's data directory")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     add_flags(parser.add_argument_group("the local stack's model"), ModelOptions)
     parser.add_argument("--json", action="store_true", help="one JSON object per hit")
     return parser
 
 
 def connect(args: argparse.Namespace, resources: ExitStack):
-    """A client for --weaviate-url, or for a local stack started (and stopped) here (whose
-    server then embeds a composed query's items, unless --vectorizer-url says otherwise)."""
+    """A client for --weaviate-url, or for the local stack on --data-dir, running or started
+    (and stopped) here, whose server then embeds a composed query's items, unless
+    --vectorizer-url says otherwise."""
     if args.weaviate_url:
         nodes = parse_nodes(args.weaviate_url, args.grpc_port)
         try:
@@ -118,16 +119,16 @@ def connect(args: argparse.Namespace, resources: ExitStack):
             reason = first_line(err)
             raise CommandError(f"cannot reach Weaviate at {args.weaviate_url}: {reason}") from None
     else:
-        from .stack import LocalStack, StackError
+        from .stack import StackBusy, StackError, stack_for
 
         model = from_sources(ModelOptions, args)
-        check_checkpoint(model)
-        stack = LocalStack(args.data_dir, model)
         try:
-            resources.enter_context(stack)
+            stack = resources.enter_context(stack_for(args.data_dir, model, args.weaviate_api_key))
+        except StackBusy as err:
+            raise CommandError(str(err)) from None
         except StackError as err:
             raise CommandError(f"cannot start the local stack: {err}") from None
-        client = stack.client()
+        client, _ = connect_first(stack.nodes, stack.api_key)
         args.vectorizer_url = args.vectorizer_url or stack.endpoints.vectorizer
     resources.callback(client.close)
     return client
@@ -245,7 +246,7 @@ def _short(value: object, width: int = 40) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    console_logging(logging.WARNING)  # stdout holds the hits; stderr only what went wrong
+    console_logging(logging.WARNING)  # stdout: the hits; stderr: what went wrong, and the stack
     args = build_parser().parse_args(argv)
     if args.limit < 1:
         return fail("ib-query", "--limit must be at least 1")

@@ -21,10 +21,15 @@ an API key too. ``docs/local-stack.md`` has the table of ports.
 
 A part that dies (a crash, the OOM killer) is started again on its ports and
 data by :meth:`LocalStack.supervise`, which ``ib-stack`` calls every second.
+
+One stack at a time runs on a data directory (a lock), and ``ib-stack``
+publishes its endpoints there: the other commands use a running stack through
+:func:`stack_for` rather than start a second one beside it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import logging
@@ -36,8 +41,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
@@ -62,6 +68,10 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 30.0
 LOOPBACK = "127.0.0.1"
+USUAL_PORTS = (8080, 50051)  # Weaviate's own defaults: what weaviate.connect_to_local() expects
+ENDPOINTS_FILE = "endpoints.json"  # in the data directory while an ib-stack serves it
+LOCK_FILE = "stack.lock"  # flock'ed by the process whose stack runs on the data directory
+LOCK_PATIENCE_S = 1.0  # a command peeking at the lock holds it for microseconds
 API_KEY_USER = "ib-stack"  # the user Weaviate names for the stack's API key
 # Waits before each restart of a part that keeps dying within STABLE_S of its start;
 # one more such death and it is not started again (a crash loop helps nobody).
@@ -71,6 +81,10 @@ STABLE_S = 60.0
 
 class StackError(RuntimeError):
     """A part of the stack could not start; the message says which and why."""
+
+
+class StackBusy(StackError):
+    """Another live stack holds the data directory; the message names its process."""
 
 
 def default_data_dir(env: dict[str, str] | None = None) -> Path:
@@ -169,6 +183,17 @@ class Endpoints:
     def weaviate_port(self) -> int:
         return int(self.weaviate_http.rsplit(":", 1)[1])
 
+    def as_record(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> Endpoints:
+        """The endpoints an :data:`ENDPOINTS_FILE` holds (KeyError, TypeError if it does not)."""
+        nodes = tuple(NodeEndpoint(**node) for node in record["nodes"])
+        return cls(
+            record["weaviate_http"], int(record["weaviate_grpc_port"]), record["vectorizer"], nodes
+        )
+
     def lines(self) -> list[str]:
         """What a Weaviate client needs, one line each: node 1, the vectorizer, every node."""
         lines = [
@@ -179,6 +204,166 @@ class Endpoints:
         for number, node in enumerate(self.nodes, start=1):
             lines.append(f"weaviate node {number}: {node.line()}")
         return lines
+
+
+# ---------------------------------------------------------------------------- one per data dir
+
+
+class DataDirLock:
+    """The data directory's lock: one stack at a time on it.
+
+    Two Weaviates on one data directory wait on each other's files and never
+    get ready; the second stack is refused at once instead. The lock is an
+    ``flock`` on :data:`LOCK_FILE`, which the kernel drops when the process
+    ends, however it ends, so a stack killed outright leaves nothing to clean.
+    The file holds the holder's pid, for the message that refuses the next one.
+    """
+
+    def __init__(self, data_dir: Path, shown: str) -> None:
+        self.data_dir = data_dir
+        self.shown = shown
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take it, or StackBusy naming the process that holds it."""
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + LOCK_PATIENCE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StackBusy(busy_message(self.data_dir, self.shown)) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.close(fd)
+
+
+def lock_holder(data_dir: Path) -> int | None:
+    """The pid of the process whose stack holds ``data_dir`` (0 if it has not said yet), or
+    None when no live stack does."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def process_line(pid: int) -> str:
+    """``pid 1234 (ib-stack --data-dir ./data)``: who holds a data directory, for a message."""
+    if pid <= 0:
+        return "another process"
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return f"pid {pid}"
+    argv = [arg for arg in argv if arg]
+    if len(argv) > 1 and Path(argv[0]).name.startswith("python"):
+        if argv[1] == "-c":  # code, then its arguments
+            argv = ["python -c …", *argv[3:]]
+        elif argv[1] == "-m":
+            argv = [f"python -m {argv[2] if len(argv) > 2 else ''}", *argv[3:]]
+        else:
+            argv = argv[1:]  # a console script: the interpreter, then the script
+    if not argv:
+        return f"pid {pid}"
+    command = " ".join([Path(argv[0]).name, *argv[1:]])
+    return f"pid {pid} ({command if len(command) <= 80 else command[:79] + '…'})"
+
+
+def weaviate_ready(url: str) -> bool:
+    """Whether Weaviate at ``url`` says it is ready (that endpoint needs no API key)."""
+    return (http_status(url + "/v1/.well-known/ready", timeout=2.0) or 0) // 100 == 2
+
+
+def published_record(data_dir: Path) -> dict | None:
+    """What :data:`ENDPOINTS_FILE` in ``data_dir`` says, or None without a readable one."""
+    try:
+        record = json.loads((data_dir / ENDPOINTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def running_stack(data_dir: Path) -> dict | None:
+    """The published record of the live stack on ``data_dir``: its process holds the lock
+    and its Weaviate answers. None otherwise, as for a file a stack killed outright left."""
+    record = published_record(data_dir)
+    if record is None:
+        return None
+    try:
+        pid = int(record["pid"])
+        endpoints = Endpoints.from_record(record)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if lock_holder(data_dir) != pid or not weaviate_ready(endpoints.weaviate_http):
+        return None
+    return record
+
+
+def busy_message(data_dir: Path, shown: str) -> str:
+    """Why no stack can start on ``data_dir`` (another process holds its lock), and what to do."""
+    pid = lock_holder(data_dir) or 0
+    who = process_line(pid)
+    stop = f"stop it (kill {pid})" if pid else "stop it"
+    record = published_record(data_dir)
+    if record is not None and record.get("pid") == pid:
+        url = record.get("weaviate_http", "?")
+        if weaviate_ready(url):
+            return (
+                f"{shown} is in use by the running stack of {who} at {url}: ib-query, ib-ingest, "
+                f"ib-tag and ib-search with --data-dir {shown} use it; {stop} to start another"
+            )
+        return (
+            f"{shown} is held by the stack of {who}, whose Weaviate at {url} does not answer "
+            f"now (restarting?): try again in a moment, or {stop}"
+        )
+    return (
+        f"{shown} is held by {who}, whose stack is still starting or serves that command "
+        f"alone: wait for it, or {stop}; to share one stack, keep `ib-stack --data-dir {shown}` "
+        "running"
+    )
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of it."""
+    partial_path = path.with_name(f".{path.name}.{os.getpid()}")
+    partial_path.write_text(text)
+    os.replace(partial_path, path)
+
+
+def weights_of(model: ModelOptions) -> dict:
+    """What decides the vectors a model makes: a command that embeds on its own must use the
+    same as the stack's vectorizer, or its vectors and Weaviate's do not compare."""
+
+    def absolute(path: str | None) -> str | None:
+        if path is None or "://" in path or not Path(path).expanduser().exists():
+            return path
+        return str(Path(path).expanduser().resolve())
+
+    return {
+        "model": absolute(model.model),
+        "checkpoint": absolute(model.checkpoint),
+        "random_weights": model.random_weights,
+    }
 
 
 class WeaviateNode:
@@ -357,6 +542,16 @@ class LocalStack:
     ``host`` is where Weaviate's HTTP and gRPC APIs listen (127.0.0.1 unless
     given; another address needs ``api_key``). :attr:`api_key` is the key
     Weaviate requires after :meth:`start`, or None when it needs none.
+
+    ``port`` and ``grpc_port`` are node 1's HTTP and gRPC ports (taken ones
+    refused); without them node 1 takes free ports, or with
+    ``prefer_usual_ports`` Weaviate's own 8080 and 50051 when both are free, so
+    ``weaviate.connect_to_local()`` finds it. Every other port is a free one.
+
+    One stack at a time runs on a data directory (:class:`DataDirLock`).
+    ``publish`` writes :data:`ENDPOINTS_FILE` there while it runs, for other
+    commands to use this stack (:func:`stack_for`); only a stack that outlives
+    them (``ib-stack``) should publish.
     """
 
     def __init__(
@@ -369,46 +564,56 @@ class LocalStack:
         nodes: int = 1,
         host: str = LOOPBACK,
         api_key: str | None = None,
+        port: int | None = None,
+        grpc_port: int | None = None,
+        prefer_usual_ports: bool = False,
+        publish: bool = False,
     ) -> None:
         if nodes < 1:
             raise StackError(f"a stack needs at least one Weaviate node, not {nodes}")
         check_host(host, api_key)
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.shown_dir = str(data_dir) if data_dir else str(self.data_dir)  # as the user said it
         self.model = model or ModelOptions()
         self.vectorizer_env = vectorizer_env or {}
+        self.weaviate_version = weaviate_version
         self.weaviate_binary = weaviate_binary or embedded_binary_path(weaviate_version)
         self.node_count = nodes
         self.host = host
         self.api_key = api_key
+        self.port = port
+        self.grpc_port = grpc_port
+        self.prefer_usual_ports = prefer_usual_ports
+        self.publish = publish
         self.nodes: list[WeaviateNode] = []
         self.endpoints: Endpoints | None = None
+        self.start_s: float | None = None  # how long the last start took
+        self._key_stored = False  # the key is the one in api_key_path
+        self._lock: DataDirLock | None = None
         self._vectorizer: Vectorizer | None = None
         self._lifelines: list[Lifeline] = []
 
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> Endpoints:
+        """Start every part and wait until each is ready; StackBusy if another stack holds the
+        data directory, StackError if a part cannot start (then nothing is left running)."""
+        started = time.monotonic()
         if not self.weaviate_binary.exists():
             raise StackError(
                 f"no Weaviate binary at {self.weaviate_binary}; run `make setup` "
                 "(or `python -m pipelines.provision`) to provision it"
             )
-        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        if not has_listen_address_edits(self.weaviate_binary):
-            if self.api_key is None:
-                self.api_key = self._stored_api_key()
-                which = f"the API key in {self.api_key_path}"
-            else:
-                which = "the API key given"
-            log.warning(
-                "%s is not our build: its gRPC and cluster APIs listen on every interface, so "
-                "Weaviate requires %s (`make setup` with Go builds one that keeps them on "
-                "127.0.0.1)",
-                self.weaviate_binary,
-                which,
-            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = DataDirLock(self.data_dir, self.shown_dir)
+        lock.acquire()
+        self._lock = lock
         try:
-            self.nodes = self._plan_nodes()
+            self.endpoints_path.unlink(missing_ok=True)  # left by a stack killed outright
+            (self.data_dir / "logs").mkdir(exist_ok=True)
+            self._check_binary_build()
+            self.nodes = self._plan_nodes()  # a port taken is refused before anything starts
+            log.info("starting the local stack on %s (%s)…", self.shown_dir, self._parts())
             taken = set().union(*(node.ports.all() for node in self.nodes))
             self._vectorizer = self._new_vectorizer(free_port_block(1, taken))
             self._vectorizer.start()
@@ -417,17 +622,30 @@ class LocalStack:
                 self._start_node(node)
             for node in self.nodes:  # they start together: Raft waits for all of them
                 node.wait_ready()
+            self._lifelines = [
+                Lifeline(node, partial(self._start_node, node)) for node in self.nodes
+            ]
+            self._lifelines.append(Lifeline(self._vectorizer, self._vectorizer.start))
+            self.endpoints = self._endpoints()
+            if self.publish:
+                self._publish()
         except BaseException:
             self.stop()
             raise
-        self._lifelines = [Lifeline(node, partial(self._start_node, node)) for node in self.nodes]
-        self._lifelines.append(Lifeline(self._vectorizer, self._vectorizer.start))
-        self.endpoints = self._endpoints()
-        log.info("stack ready: %s", "; ".join(self.endpoints.lines()))
+        self.start_s = time.monotonic() - started
+        log.info(
+            "the local stack on %s is ready in %.1f s: Weaviate at %s",
+            self.shown_dir,
+            self.start_s,
+            self.endpoints.weaviate_http,
+        )
         return self.endpoints
 
     def stop(self) -> None:
-        """Weaviate first (it may still call the vectorizer), then the vectorizer."""
+        """Unpublish, then Weaviate (it may still call the vectorizer), then the vectorizer;
+        the data directory is free for the next stack once they are gone."""
+        if self._lock is not None:
+            self.endpoints_path.unlink(missing_ok=True)
         for node in self.nodes:
             node.stop()
         vectorizer, self._vectorizer = self._vectorizer, None
@@ -435,6 +653,50 @@ class LocalStack:
             vectorizer.stop()
         self._lifelines = []
         self.endpoints = None
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def _check_binary_build(self) -> None:
+        """A Weaviate that is not our build runs behind an API key (the given one, else the
+        data directory's)."""
+        if has_listen_address_edits(self.weaviate_binary):
+            return
+        if self.api_key is None:
+            self.api_key = self._stored_api_key()
+            self._key_stored = True
+            which = f"the API key in {self.api_key_path}"
+        else:
+            which = "the API key given"
+        log.warning(
+            "%s is not our build: its gRPC and cluster APIs listen on every interface, so "
+            "Weaviate requires %s (`make setup` with Go builds one that keeps them on "
+            "127.0.0.1)",
+            self.weaviate_binary,
+            which,
+        )
+
+    def _parts(self) -> str:
+        """``Weaviate 1.38.11, the inference server``: what a start starts, for its log line."""
+        nodes = "" if self.node_count == 1 else f" ({self.node_count} nodes)"
+        return f"Weaviate {self.weaviate_version}{nodes}, the inference server"
+
+    @property
+    def endpoints_path(self) -> Path:
+        return self.data_dir / ENDPOINTS_FILE
+
+    def _publish(self) -> None:
+        """Write where this stack answers, and how to use it, for :func:`stack_for`."""
+        record = {
+            "pid": os.getpid(),
+            "data_dir": str(self.data_dir.resolve()),
+            "weaviate_version": self.weaviate_version,
+            **self.endpoints.as_record(),
+            "api_key_required": self.api_key is not None,
+            "api_key_file": str(self.api_key_path.resolve()) if self._key_stored else None,
+            "model": weights_of(self.model),
+        }
+        write_atomically(self.endpoints_path, json.dumps(record, indent=1) + "\n")
 
     def supervise(self) -> str | None:
         """Start again, each after its wait, the parts that died; say why the stack cannot go on.
@@ -467,7 +729,11 @@ class LocalStack:
             elif life.starting and part.answers_ready():
                 life.starting = False
                 log.info("%s is back: %s", part.label, part.describe())
-        self.endpoints = self._endpoints()
+        endpoints = self._endpoints()
+        if endpoints != self.endpoints:  # a part came back as another process
+            self.endpoints = endpoints
+            if self.publish:
+                self._publish()
         nodes = [life for life in self._lifelines if isinstance(life.part, WeaviateNode)]
         if all(life.abandoned for life in nodes):
             return "every Weaviate node kept dying"
@@ -578,7 +844,7 @@ class LocalStack:
     def _plan_nodes(self) -> list[WeaviateNode]:
         """One node on fresh ports; a cluster on the ports its data directory remembers."""
         if self.node_count == 1:
-            ports = fresh_node_ports(set())
+            ports = self._first_node_ports()
             path = self.data_dir / "weaviate"
             return [WeaviateNode("node1", ports, path, self.log_path("weaviate"), self.host)]
         root = self.data_dir / "cluster"
@@ -591,6 +857,15 @@ class LocalStack:
                     f"--nodes {saved['nodes']}, or use another --data-dir"
                 )
             all_ports = [NodePorts(p["http"], p["grpc"], p["gossip"]) for p in saved["ports"]]
+            first = all_ports[0]
+            asked = (("--port", self.port, first.http), ("--grpc-port", self.grpc_port, first.grpc))
+            other = [f"{flag} {want}" for flag, want, have in asked if want not in (None, have)]
+            if other:
+                raise StackError(
+                    f"the cluster in {self.data_dir} keeps node 1 on HTTP port {first.http} and "
+                    f"gRPC port {first.grpc} (cluster/layout.json): drop {' and '.join(other)}, "
+                    "or use another --data-dir"
+                )
             busy = sorted(p for ports in all_ports for p in ports.all() if not port_free(p))
             if busy:
                 raise StackError(
@@ -598,8 +873,9 @@ class LocalStack:
                     "holds now; stop it (another ib-stack?) and start again"
                 )
         else:
-            all_ports, taken = [], set()
-            for _ in range(self.node_count):
+            all_ports = [self._first_node_ports()]
+            taken = all_ports[0].all()
+            for _ in range(self.node_count - 1):
                 all_ports.append(fresh_node_ports(taken))
                 taken |= all_ports[-1].all()
             root.mkdir(parents=True, exist_ok=True)
@@ -612,6 +888,39 @@ class LocalStack:
             )
             for k, ports in enumerate(all_ports, start=1)
         ]
+
+    def _first_node_ports(self) -> NodePorts:
+        """Node 1's HTTP and gRPC ports as given, else the usual ones if asked for and free,
+        else free ones; its cluster ports are free ones."""
+        given = (("--port", self.port), ("--grpc-port", self.grpc_port))
+        taken = [f"{flag} {port}" for flag, port in given if port and not self._free(port)]
+        if taken:
+            raise StackError(
+                f"{' and '.join(taken)}: taken by another program (another stack?); stop it, or "
+                "choose another port"
+            )
+        http, grpc = self.port, self.grpc_port
+        if self.prefer_usual_ports and (http is None or grpc is None):
+            wanted = [
+                usual for port, usual in zip((http, grpc), USUAL_PORTS, strict=True) if not port
+            ]
+            busy = [str(usual) for usual in wanted if not self._free(usual)]
+            if busy:
+                which = (
+                    f"port {busy[0]} is" if len(busy) == 1 else f"ports {' and '.join(busy)} are"
+                )
+                log.info(
+                    "%s taken, so Weaviate listens on free ports (choose them with --port and "
+                    "--grpc-port)",
+                    which,
+                )
+            else:
+                http, grpc = http or USUAL_PORTS[0], grpc or USUAL_PORTS[1]
+        return fresh_node_ports(set(), http, grpc)
+
+    def _free(self, port: int) -> bool:
+        """Whether Weaviate could listen on ``port`` of ``host`` now."""
+        return port_free(port, self.host)
 
     def _new_vectorizer(self, port: int) -> Vectorizer:
         env = {**as_env(self.model), **self.vectorizer_env}
@@ -670,6 +979,96 @@ class LocalStack:
         return env
 
 
+# ---------------------------------------------------------------------------- find or start
+
+
+@dataclass(frozen=True)
+class StackAccess:
+    """The stack a command uses: where it answers, the key its Weaviate needs (None: none),
+    and the seconds this command spent starting it (None: it was running already)."""
+
+    endpoints: Endpoints
+    api_key: str | None
+    start_s: float | None = None
+
+    @property
+    def nodes(self) -> list[tuple[str, int]]:
+        """Every Weaviate node as (HTTP URL, gRPC port), node 1 first."""
+        return [(node.http, node.grpc_port) for node in self.endpoints.nodes]
+
+
+@contextmanager
+def stack_for(
+    data_dir: str | Path | None,
+    model: ModelOptions,
+    api_key: str | None = None,
+    embeds_here: bool = False,
+) -> Iterator[StackAccess]:
+    """The stack on ``data_dir`` for one command: the running ``ib-stack`` there if there is
+    one, else one started here and stopped on exit.
+
+    ``api_key``: the command's key, for a stack whose Weaviate requires the key it was
+    given. ``embeds_here``: the command embeds with ``model`` itself, which must then be
+    the model of the running stack's vectorizer. A data directory that a live stack holds
+    but that cannot be used (still starting, not answering) is StackBusy.
+    """
+    path = Path(data_dir) if data_dir else default_data_dir()
+    shown = str(data_dir) if data_dir else str(path)
+    record = running_stack(path)
+    if record is not None:
+        yield attach(record, shown, model, api_key, embeds_here)
+        return
+    check_checkpoint(model)
+    with LocalStack(data_dir, model) as stack:
+        yield StackAccess(stack.endpoints, stack.api_key, stack.start_s)
+
+
+def attach(
+    record: dict, shown: str, model: ModelOptions, api_key: str | None, embeds_here: bool
+) -> StackAccess:
+    """Access to the running stack ``record`` describes; CommandError if this command cannot
+    use it (another model, no key)."""
+    pid = record["pid"]
+    theirs, ours = record.get("model") or {}, weights_of(model)
+    if embeds_here and theirs != ours:
+        differ = [key for key in ours if theirs.get(key) != ours[key]]
+        raise CommandError(
+            f"the running stack on {shown} (pid {pid}) embeds with "
+            f"{weights_line(theirs, differ)}, this command with {weights_line(ours, differ)}: "
+            "give this command the stack's model (--model, --checkpoint, --random-weights), or "
+            "stop the stack"
+        )
+    key = None
+    if record.get("api_key_file"):
+        try:
+            key = Path(record["api_key_file"]).read_text().strip()
+        except OSError as err:
+            raise CommandError(
+                f"cannot read the running stack's API key {record['api_key_file']} "
+                f"({err.strerror}): pass it with --weaviate-api-key or $WEAVIATE_API_KEY"
+            ) from None
+    elif record.get("api_key_required"):
+        key = api_key
+        if not key:
+            raise CommandError(
+                f"the running stack on {shown} (pid {pid}) requires the API key it was started "
+                "with: pass it with --weaviate-api-key or $WEAVIATE_API_KEY"
+            )
+    endpoints = Endpoints.from_record(record)
+    log.info("using the running stack on %s: %s (pid %d)", shown, endpoints.weaviate_http, pid)
+    return StackAccess(endpoints, key)
+
+
+def weights_line(weights: dict, keys: list[str]) -> str:
+    """``model tiny.json, random weights``: the ``keys`` of :func:`weights_of` for a message."""
+    words = {
+        "model": f"model {weights.get('model')}",
+        "checkpoint": f"weights {weights.get('checkpoint') or '(the default)'}",
+        "random_weights": "random weights" if weights.get("random_weights") else "its weights",
+    }
+    return ", ".join(words[key] for key in keys if key in words)
+
+
 def exit_reason(code: int) -> str:
     """A child's exit status as words: ``status 1``, ``killed by SIGKILL``."""
     if code >= 0:
@@ -680,13 +1079,17 @@ def exit_reason(code: int) -> str:
         return f"killed by signal {-code}"
 
 
-def fresh_node_ports(taken: set[int], attempts: int = 50) -> NodePorts:
-    """Ports for one Weaviate node, free now and none of them in ``taken``."""
+def fresh_node_ports(
+    taken: set[int], http: int | None = None, grpc: int | None = None, attempts: int = 50
+) -> NodePorts:
+    """Ports for one Weaviate node, free now and none of them in ``taken``; ``http`` and
+    ``grpc`` as given when given."""
     for _ in range(attempts):
-        http, grpc = free_ports(2)
-        if not taken & {http, grpc}:
-            gossip = free_port_block(4, taken | {http, grpc})
-            return NodePorts(http, grpc, gossip)
+        free_http, free_grpc = free_ports(2)
+        chosen = (http or free_http, grpc or free_grpc)
+        if chosen[0] != chosen[1] and not taken & set(chosen):
+            gossip = free_port_block(4, taken | set(chosen))
+            return NodePorts(*chosen, gossip)
     raise StackError("found no free ports for a Weaviate node")
 
 
@@ -697,8 +1100,9 @@ def build_parser() -> CommandParser:
     parser = CommandParser(
         prog="ib-stack",
         description="Run our inference server plus a Weaviate wired to it as its multi2vec-bind "
-        "vectorizer, until Ctrl-C or SIGTERM. Prints the endpoints, one per line. A part that "
-        "dies is started again on its ports and data.",
+        "vectorizer, until Ctrl-C or SIGTERM. Prints the endpoints, one per line, and keeps them "
+        "in DATA_DIR/endpoints.json, where ib-query, ib-ingest, ib-tag and ib-search find and "
+        "use this stack. A part that dies is started again on its ports and data.",
     )
     parser.add_argument("--data-dir", default=None, help="where Weaviate keeps its data and logs")
     parser.add_argument(
@@ -719,8 +1123,28 @@ def build_parser() -> CommandParser:
         help="the API key Weaviate then requires (default: $WEAVIATE_API_KEY; none: Weaviate "
         "answers anyone on this machine)",
     )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="Weaviate's HTTP port (node 1's; default 8080 when it and 50051 are free, else a "
+        "free one)",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        help="Weaviate's gRPC port (node 1's; default 50051 when it and 8080 are free, else a "
+        "free one)",
+    )
     add_flags(parser.add_argument_group("the inference server's model"), ModelOptions)
     return parser
+
+
+def check_ports(port: int | None, grpc_port: int | None) -> None:
+    for flag, value in (("--port", port), ("--grpc-port", grpc_port)):
+        if value is not None and not 1 <= value <= 65535:
+            raise CommandError(f"{flag} {value} is not a port (1 to 65535)")
+    if port is not None and port == grpc_port:
+        raise CommandError(f"--port and --grpc-port are both {port}: give two ports")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -729,10 +1153,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.nodes < 1:
             raise CommandError(f"--nodes must be 1 or more, not {args.nodes}")
+        check_ports(args.port, args.grpc_port)
         model = from_sources(ModelOptions, args)
         check_checkpoint(model)
         stack = LocalStack(
-            args.data_dir, model, nodes=args.nodes, host=args.host, api_key=args.api_key
+            args.data_dir,
+            model,
+            nodes=args.nodes,
+            host=args.host,
+            api_key=args.api_key,
+            port=args.port,
+            grpc_port=args.grpc_port,
+            prefer_usual_ports=True,
+            publish=True,
         )
         # Until both are ready, Ctrl-C interrupts start() itself, which stops what it started.
         with stack:
@@ -741,6 +1174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 signal.signal(signum, lambda *_: stop.set())
             for line in stack.endpoints.lines():
                 print(line, flush=True)
+            log.info(
+                "endpoints in %s: ib-query, ib-ingest, ib-tag and ib-search with --data-dir %s "
+                "use this stack",
+                stack.endpoints_path,
+                stack.shown_dir,
+            )
             while not stop.wait(1.0):
                 problem = stack.supervise()
                 if problem:

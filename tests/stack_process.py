@@ -21,7 +21,17 @@ from pathlib import Path
 
 from .server_process import TINY_ENV
 
-BIN = Path(sys.executable).parent
+
+def console_script(entry_point: str) -> list[str]:
+    """The command line of a console script (``pipelines.stack:main``), run from the package
+    this test imports: the script in the venv imports the installed one, which in a git
+    worktree is another checkout's."""
+    module, function = entry_point.split(":")
+    code = f"import sys; from {module} import {function}; sys.exit({function}())"
+    return [sys.executable, "-c", code]
+
+
+IB_STACK = console_script("pipelines.stack:main")
 TCP_LISTEN = "0A"
 UDP_UNCONNECTED = "07"
 NODE_LINE = re.compile(r"weaviate node (\d+): http://([\d.]+):(\d+) grpc [\d.]+:(\d+) pid (\d+)")
@@ -122,9 +132,9 @@ class NodeLine:
 class StackCommand:
     """``with StackCommand(data_dir, nodes=3) as stack: stack.nodes``
 
-    The real ``ib-stack`` (tiny model) as a subprocess: its endpoint lines read,
-    its log (stderr) in a file. On exit it is stopped with SIGTERM, and
-    everything it started is checked to be gone.
+    The real ``ib-stack`` (:data:`IB_STACK`, tiny model) as a subprocess: its
+    endpoint lines read, its log (stderr) in a file. On exit it is stopped with
+    SIGTERM, and everything it started is checked to be gone.
     """
 
     def __init__(
@@ -144,7 +154,7 @@ class StackCommand:
         self.started: set[int] = set()  # every pid seen below ib-stack
 
     def __enter__(self) -> StackCommand:
-        command = [str(BIN / "ib-stack"), "--data-dir", str(self.data_dir), *self.flags]
+        command = [*IB_STACK, "--data-dir", str(self.data_dir), *self.flags]
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=log, text=True, env=self.env

@@ -25,7 +25,7 @@ from ib_vectorizer.server_process import http_status
 from pipelines.stack import LocalStack
 
 from .server_process import TINY_ENV
-from .stack_process import BIN, StackCommand, cluster_layout, listening_sockets
+from .stack_process import IB_STACK, StackCommand, cluster_layout, listening_sockets
 
 KEY = "a-key-for-the-tests"
 LET_THROUGH = "could not find class Nothing"  # the search was run: no such collection
@@ -97,7 +97,7 @@ def test_a_three_node_cluster_listens_on_loopback_only(tmp_path):
 def test_binding_beyond_loopback_without_a_key_is_refused(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "WEAVIATE_API_KEY"}
     for host, says in (("0.0.0.0", "--api-key"), ("example.org", "not an IPv4 address")):
-        command = [str(BIN / "ib-stack"), "--data-dir", str(tmp_path), "--host", host]
+        command = [*IB_STACK, "--data-dir", str(tmp_path), "--host", host]
         refused = subprocess.run(command, capture_output=True, text=True, env={**env, **TINY_ENV})
         assert refused.returncode == 1
         assert refused.stderr.count("\n") == 1 and says in refused.stderr, refused.stderr

@@ -189,9 +189,16 @@ def media_fields(spec: InputSpec, weights: dict[str, float]) -> tuple[MediaField
 
 
 def summarize(
-    result, started: float, dead_letter: str, exact: dict[str, int] | None = None
+    result,
+    started: float,
+    dead_letter: str,
+    exact: dict[str, int] | None = None,
+    stack_start_s: float | None = None,
 ) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """Log the closing line; the job's counters, and the work per worker process by stage.
+
+    The job's time is the closing line's; starting the local stack for it
+    (``stack_start_s``) is said beside it, since a user waited for that too.
 
     ``exact`` counts (:mod:`.tally`) replace the runner's counters of the same
     names, which may count a retried bundle twice. Skipped files are named by
@@ -225,9 +232,10 @@ def summarize(
         note = skipped_note(skipped_kinds)
         skipped = f", skipped {counts['skipped']}" + (f" ({note})" if note else "")
     log.info(
-        "done in %.1f s: read %d%s, embedded %d, written %d, failed %d, unchanged %d, deleted %d%s "
-        "(%.1f objects/s)%s",
+        "done in %.1f s%s: read %d%s, embedded %d, written %d, failed %d, unchanged %d, "
+        "deleted %d%s (%.1f objects/s)%s",
         elapsed,
+        "" if stack_start_s is None else f" (stack start {stack_start_s:.1f} s)",
         counts["read"],
         segments,
         counts["embedded"],
@@ -309,7 +317,7 @@ def check_start(
         for url, _ in parse_nodes(args.weaviate_url, args.grpc_port):
             check_weaviate(url)
     labels = label_set_of(args)
-    if args.embed == "local" or not args.weaviate_url or args.labels:  # our model embeds
+    if args.embed == "local" or args.labels:  # our model embeds (a stack started checks its own)
         check_checkpoint(model)
     if args.embed == "local":
         Preprocessor.for_model(model.config())  # a geometry preprocessing cannot follow
@@ -350,7 +358,7 @@ def run(
     from .segments import parse_rule
 
     with ExitStack() as resources:
-        target, vectorizer = open_target(args, model, resources)
+        target, vectorizer, stack_start_s = open_target(args, model, resources)
         rule = parse_rule(args.segment_seconds, args.segment_overlap)
         prepare_collection(
             target,
@@ -410,7 +418,7 @@ def run(
         exact = read_tally(tally, counted) if tally else None
         if folder and not options.view_as(GoogleCloudOptions).temp_location:
             shutil.rmtree(folder, ignore_errors=True)
-        counts, workers = summarize(result, started, args.dead_letter, exact)
+        counts, workers = summarize(result, started, args.dead_letter, exact, stack_start_s)
         if args.metrics_json:
             elapsed = round(time.perf_counter() - started, 3)
             with open(args.metrics_json, "w") as handle:
@@ -419,23 +427,30 @@ def run(
     return 0
 
 
-def open_target(args, model: ModelOptions, resources) -> tuple[WeaviateTarget, str | None]:
-    """The collection the command's flags name, and our inference server's URL.
+def open_target(
+    args, model: ModelOptions, resources
+) -> tuple[WeaviateTarget, str | None, float | None]:
+    """The collection the command's flags name, our inference server's URL, and the seconds
+    spent starting the local stack (None when none was started).
 
-    ``--weaviate-url`` names a running Weaviate; without it the local stack is
-    started on ``--data-dir`` (and stopped when ``resources`` closes).
+    ``--weaviate-url`` names a running Weaviate; without it the command uses the
+    local stack on ``--data-dir``: the ``ib-stack`` running there, else one started
+    here (and stopped when ``resources`` closes).
     """
-    from ..stack import LocalStack
+    from ..stack import stack_for
 
     api_key = args.weaviate_api_key
     vectorizer = getattr(args, "vectorizer_url", None)
+    stack_start_s = None
     if args.weaviate_url:
         nodes = parse_nodes(args.weaviate_url, args.grpc_port)
     else:
-        stack = resources.enter_context(LocalStack(args.data_dir, model))
-        nodes = [(node.http, node.grpc_port) for node in stack.endpoints.nodes]
+        # ib-tag embeds its labels, ib-ingest its objects unless a server or Weaviate does
+        embeds_here = getattr(args, "embed", "local") == "local" or args.labels is not None
+        stack = resources.enter_context(stack_for(args.data_dir, model, api_key, embeds_here))
+        nodes, stack_start_s = stack.nodes, stack.start_s
         vectorizer = vectorizer or stack.endpoints.vectorizer
-        api_key = api_key or stack.api_key  # one the stack made, if its Weaviate needs one
+        api_key = stack.api_key
     (url, grpc_port), *others = nodes
     target = WeaviateTarget(
         url,
@@ -446,7 +461,7 @@ def open_target(args, model: ModelOptions, resources) -> tuple[WeaviateTarget, s
         consistency_level=args.consistency_level,
         tenant=args.tenant,
     )
-    return target, vectorizer
+    return target, vectorizer, stack_start_s
 
 
 def with_job_name(

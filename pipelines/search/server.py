@@ -43,7 +43,14 @@ from aiohttp import web
 from ib_vectorizer.options import ModelOptions, add_flags
 from ib_vectorizer.retry import first_line
 
-from ..command import CommandError, CommandParser, add_weaviate_flags, console_logging, fail
+from ..command import (
+    DATA_DIR_HELP,
+    CommandError,
+    CommandParser,
+    add_weaviate_flags,
+    console_logging,
+    fail,
+)
 from ..connection import parse_nodes
 from ..query import connect
 from .access import MediaFile, MediaRoots
@@ -341,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--collection", required=True, help="the collection the page opens on")
     add_weaviate_flags(parser, "replicas that must answer alike")
-    parser.add_argument("--data-dir", help="the local stack's data directory")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -381,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_service(args: argparse.Namespace, resources: ExitStack) -> SearchService:
     """With --weaviate-url, a service that connects (and reconnects) when asked; else the
-    local stack, started here (a failure to start it is a start-up error)."""
+    local stack: the running ib-stack, or one started here (a failure to start it is a
+    start-up error)."""
     roots = MediaRoots.from_flags(args.media_root)
     if args.weaviate_url:
         parse_nodes(args.weaviate_url, args.grpc_port)  # a malformed flag fails now

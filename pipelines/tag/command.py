@@ -164,7 +164,7 @@ def run(args, beam_args: list[str], label_set: LabelSet, model: ModelOptions) ->
 
     started = time.perf_counter()
     with ExitStack() as resources:
-        target, _ = open_target(args, model, resources)
+        target, _, _ = open_target(args, model, resources)
         modalities = prepare(target, args.vector_name)
         if not modalities:
             log.info("collection %s has no objects to tag", args.collection)
