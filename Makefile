@@ -51,5 +51,5 @@ dist-test: setup
 	@cat dist-report.md
 
 lint:
-	$(BIN)/ruff check ib_vectorizer pipelines tests examples
-	$(BIN)/ruff format --check ib_vectorizer pipelines tests examples
+	$(BIN)/ruff check ib_vectorizer pipelines tests examples benchmarks
+	$(BIN)/ruff format --check ib_vectorizer pipelines tests examples benchmarks
