@@ -20,6 +20,7 @@ from ib_vectorizer.options import ModelOptions
 from ib_vectorizer.server_process import http_status
 
 from .connection import CONSISTENCY_LEVELS
+from .paths import has_scheme
 
 OUR_LOGGERS = ("ib_ingest", "ib_tag", "ib_vectorizer", "pipelines")
 STACK_LOGGER = "pipelines.stack"
@@ -142,28 +143,41 @@ def console_logging(level: int = logging.INFO) -> None:
     for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(level)
     logging.getLogger(STACK_LOGGER).setLevel(min(level, logging.INFO))
-    beam_core = logging.getLogger("apache_beam.transforms.core")
-    if not any(isinstance(f, _BareReturnFalseAlarm) for f in beam_core.filters):
-        beam_core.addFilter(_BareReturnFalseAlarm())
+    for logger_name, message in BEAM_NOISE:
+        beam_logger = logging.getLogger(logger_name)
+        if not any(getattr(f, "message", None) == message for f in beam_logger.filters):
+            beam_logger.addFilter(_DropMessage(message))
     quiet_ffmpeg_logs()
 
 
-class _BareReturnFalseAlarm(logging.Filter):
-    """Drop Beam's warning about a bare ``return`` in a generator ``process`` method.
+# Beam log lines that say nothing a user can act on: (logger, how the message starts).
+BEAM_NOISE = (
+    # Beam 2.70 flags every generator ``process`` with a bare ``return`` by scanning its
+    # source, though a bare ``return`` only ends the generator.
+    ("apache_beam.transforms.core", "Using yield and return in the process method"),
+    # The failures file of the previous run is replaced: the summary names the new one.
+    ("apache_beam.io.filebasedsink", "Deleting "),
+    # RunInference's memory metric, on a platform without ``resource`` (logged on the root).
+    ("root", "Resource module is not available"),
+)
 
-    Beam 2.70 flags every such method by scanning its source text, though a bare
-    ``return`` only ends the generator (it returns no value Beam could lose).
-    """
+
+class _DropMessage(logging.Filter):
+    """Drop the records of one logger whose message starts with ``message``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Using yield and return in the process method")
+        return not record.getMessage().startswith(self.message)
 
 
 def check_checkpoint(model: ModelOptions) -> None:
     """The model's weights are where they are said to be (a gs://-style URI is checked later)."""
     from ib_vectorizer.checkpoints import CheckpointError
 
-    if model.checkpoint and "://" in model.checkpoint:
+    if has_scheme(model.checkpoint):
         return
     try:
         model.checkpoint_path()

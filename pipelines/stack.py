@@ -62,6 +62,7 @@ from ib_vectorizer.server_process import (
 )
 
 from .command import CommandError, CommandParser, check_checkpoint, console_logging, fail
+from .paths import has_scheme
 from .provision import WEAVIATE_VERSION, embedded_binary_path, has_listen_address_edits
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ def weights_of(model: ModelOptions) -> dict:
     same as the stack's vectorizer, or its vectors and Weaviate's do not compare."""
 
     def absolute(path: str | None) -> str | None:
-        if path is None or "://" in path or not Path(path).expanduser().exists():
+        if path is None or has_scheme(path) or not Path(path).expanduser().exists():
             return path
         return str(Path(path).expanduser().resolve())
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +105,56 @@ def page(browser, request):
 # Built and run with Docker by `make docker-test`, and on Flink and Spark clusters by
 # `make dist-test` (each names its folder); not collected by a plain `pytest` or `make test`.
 collect_ignore = ["containers", "dist"]
+
+
+# Every process the suite starts inherits this mark, so the end of the session can find
+# what was left running, even a process whose parent is gone.
+SESSION_MARK = "IB_TEST_SESSION"
+
+
+def pytest_configure(config):
+    os.environ.setdefault(SESSION_MARK, f"{os.getpid()}-{time.time_ns()}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves no process behind: one still running fails the session, and is stopped.
+
+    Beam stops the job servers it caches (Prism's) when this process exits, so a
+    child of this very process running one of those is not counted.
+    """
+    from .stack_process import processes_with_environment
+
+    mark = os.environ[SESSION_MARK]
+    if not mark.startswith(f"{os.getpid()}-"):
+        return  # a pytest run inside a test: the outer session checks
+    deadline = time.monotonic() + 10
+    while True:
+        left = {
+            pid: command
+            for pid, command in processes_with_environment(SESSION_MARK, mark).items()
+            if not _stopped_by_beam_at_exit(pid, command)
+        }
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if not left:
+        return
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"  {pid}: {command[:200]}" for pid, command in sorted(left.items())]
+    message = "processes left behind by the tests (now killed):\n" + "\n".join(lines)
+    if reporter:
+        reporter.write_line("")
+        reporter.write_line(message, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _stopped_by_beam_at_exit(pid: int, command: str) -> bool:
+    try:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    return parent == os.getpid() and "prism" in command.lower()

@@ -104,6 +104,27 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def processes_with_environment(name: str, value: str) -> dict[int, str]:
+    """Live processes whose environment has ``name=value``, with their command lines.
+
+    A child inherits its parent's environment, so this finds what a process
+    started even after it was re-parented to init (an orphan left behind).
+    """
+    wanted = f"{name}={value}".encode()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environment = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if wanted in environment and alive(int(entry)):
+            found[int(entry)] = command.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` still exists as a process that is not a zombie."""
     try:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ib_vectorizer.server_process import free_ports
-from pipelines.ingest.progress import format_seconds, progress_line
+from pipelines.ingest.progress import progress_line
+from pipelines.job_progress import Progress, format_seconds
 
 from .fixture_data import INPUTS
 from .server_process import TINY_ENV
@@ -46,13 +47,38 @@ def test_ib_ingest_shows_progress_and_the_closing_summary(stack, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
-    progress = [line for line in lines if "ib_ingest: progress: read " in line]
-    assert progress, result.stderr
-    assert all("embedded" in p and "written" in p and "objects/s" in p for p in progress)
+    progress = [line.partition("ib_ingest: progress: ")[2] for line in lines]
+    progress = [line for line in progress if line]
+    phases = ("starting, ", "listing the input: ", "the first batches", "objects/s")
+    assert progress and all(any(p in line for p in phases) for line in progress), progress
+    assert any(line.startswith("read ") and "embedded" in line for line in progress), progress
     summary = [line for line in lines if "ib_ingest: done in " in line]
     assert len(summary) == 1, result.stderr
     assert "read 61, embedded 60, written 60, failed 1" in summary[0]
     assert "Traceback" not in result.stderr
+    again = run("ib-ingest", *result.args[1:])  # unchanged: the failures file is replaced, quietly
+    assert again.returncode == 0 and "unchanged 60" in again.stderr, again.stderr
+    assert "WARNING" not in again.stderr, again.stderr
+    failures = (tmp_path / "failed.jsonl").read_text().splitlines()
+    assert len(failures) == 1 and "broken.jpg" in failures[0]
+
+
+def test_beam_lines_a_user_cannot_act_on_are_dropped_and_others_kept():
+    script = (
+        "import logging\n"
+        "from pipelines.command import console_logging\n"
+        "console_logging()\n"
+        "sink = logging.getLogger('apache_beam.io.filebasedsink')\n"
+        "sink.warning('Deleting 1 existing files in target path matching: ')\n"
+        "logging.warning('Resource module is not available for current platform')\n"
+        "sink.warning('the sink says something else')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Deleting" not in result.stderr and "Resource module" not in result.stderr
+    assert "the sink says something else" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -114,12 +140,23 @@ def test_start_up_errors_are_one_line_and_start_nothing(tmp_path, command, args,
     assert not stack_dir.exists()  # nothing was started
 
 
-def test_progress_line_has_an_eta_once_the_input_size_is_known():
-    counts = dict.fromkeys(("read", "read_failed", "decoded", "embedded", "written", "failed"), 0)
-    counts.update(read=100, read_failed=2)
-    assert "ETA" not in progress_line(counts, 5.0)  # still listing: the total is unknown
-    counts.update(listed=1000, read=400, decoded=300, embedded=250, written=200, failed=3)
-    line = progress_line(counts, 10.0)
-    assert line.startswith("progress: read 400, embedded 250, written 200, failed 5; 20.0")
-    assert line.endswith("ETA 40 s")  # (1000 - 203) / 20 per second
+def progress_at(elapsed_s: float, window_s: float = 0.0, before=None, **counts) -> Progress:
+    return Progress(counts, elapsed_s, before or {}, window_s or elapsed_s)
+
+
+def test_progress_line_says_the_phase_and_an_eta_from_the_recent_rate():
+    assert progress_line(progress_at(12.0)) == "progress: starting, 12 s: nothing listed yet"
+    listing = progress_line(progress_at(20.0, listed=4000))
+    assert listing == "progress: listing the input: 4000 found so far"
+    first = progress_line(progress_at(30.0, listed=5000, read=64, decoded=64, embedded=32))
+    assert first.endswith("written 0, failed 0; decoding and embedding the first batches")
+    assert "objects/s" not in first  # no 0.0 objects/s while the first batches are on their way
+    counts = dict(listed=1000, read=400, decoded=300, embedded=250, written=200, failed=3)
+    before = dict(counts, written=50)  # 150 written in the last 30 s, after a slow start
+    line = progress_line(progress_at(100.0, 30.0, before, read_failed=2, **counts))
+    assert line.startswith("progress: read 400, decoded 300, embedded 250, written 200, failed 5;")
+    assert " 5.0 objects/s" in line  # the recent rate, not 200 / 100 s
+    assert line.endswith("ETA 2 min 39 s")  # (1000 - 203) / 5 per second
+    segments = progress_at(100.0, 30.0, before, segments=10, **counts)
+    assert "ETA" not in progress_line(segments)  # segments: the number of objects is unknown
     assert format_seconds(3725) == "1 h 02 min" and format_seconds(125) == "2 min 05 s"

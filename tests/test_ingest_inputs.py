@@ -7,6 +7,7 @@ The Beam reader is tested in ``test_ingest_sources``.
 
 from __future__ import annotations
 
+import ast
 import base64
 import datetime
 import decimal
@@ -257,6 +258,20 @@ def test_has_scheme():
         assert has_scheme(uri), uri
     for path in (None, "", "a/b.jpg", "/abs/c.png", "C:\\data\\x", "/a://b", "1x://y", "://z"):
         assert not has_scheme(path), path
+
+
+def test_uris_are_told_from_paths_by_has_scheme_alone():
+    """A second spelling (``"://" in path``) would read ``/a://b`` as a URI."""
+    root = Path(__file__).resolve().parent.parent
+    spelt_again = []
+    for path in [*root.glob("ib_vectorizer/**/*.py"), *root.glob("pipelines/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(
+                isinstance(operand, ast.Constant) and operand.value == "://"
+                for operand in (node.left, *node.comparators)
+            ):
+                spelt_again.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not spelt_again, f"use pipelines.paths.has_scheme: {spelt_again}"
 
 
 def test_paths_and_uris():

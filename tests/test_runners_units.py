@@ -16,7 +16,8 @@ import yaml
 
 from pipelines.command import CommandParser
 from pipelines.ingest.command import build_parser, with_job_name
-from pipelines.ingest.progress import ProgressReporter, workers_by_stage
+from pipelines.ingest.progress import COUNTERS, NAMESPACE, log, progress_line, workers_by_stage
+from pipelines.job_progress import ProgressReporter
 from pipelines.runners import provision
 from pipelines.runners.cluster import Cluster, load_cluster
 from pipelines.runners.command import main as ib_runner
@@ -79,17 +80,31 @@ def test_spark_accumulator_text_is_parsed_per_namespace():
     }
 
 
+def reporter(every_s: float, counts) -> ProgressReporter:
+    return ProgressReporter(
+        every_s, counts, namespace=NAMESPACE, counters=COUNTERS, line=progress_line, logger=log
+    )
+
+
 def test_progress_shows_the_last_known_counts_of_another_source(caplog):
     answers = iter([{"read": 5, "written": 3}, None, {"read": 9, "written": 9}])
-    with (
-        caplog.at_level("INFO", logger="ib_ingest"),
-        ProgressReporter(0.05, lambda: next(answers, None)),
-    ):
+    with caplog.at_level("INFO", logger="ib_ingest"), reporter(0.05, lambda: next(answers, None)):
         time.sleep(0.4)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress")]
-    assert lines[0].startswith("progress: read 5, embedded 0, written 3")
+    assert lines[0].startswith("progress: read 5, decoded 0, embedded 0, written 3")
     assert lines[1].startswith("progress: read 5,")  # nothing new: the last known
-    assert lines[2].startswith("progress: read 9, embedded 0, written 9")
+    assert lines[2].startswith("progress: read 9, decoded 0, embedded 0, written 9")
+
+
+def test_progress_rates_cover_the_last_half_minute():
+    progress = reporter(5.0, None)
+    progress.started = 0.0
+    for now in range(0, 125, 5):  # 10 objects/s for a minute, then 2 objects/s
+        progress._last = {"written": 10 * min(now, 60) + 2 * max(now - 60, 0)}
+        latest = progress.progress(float(now))
+    assert latest.elapsed_s == 120.0 and latest["written"] == 720
+    assert 30.0 <= latest.window_s <= 35.0
+    assert latest.rate("written") == 2.0
 
 
 def test_job_name_is_unique_and_usable_by_every_runner_unless_given():

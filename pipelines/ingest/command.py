@@ -43,6 +43,7 @@ from ..command import (
     fail,
 )
 from ..connection import parse_nodes
+from ..job_progress import ProgressReporter
 from ..labels import LabelSet, ensure_label_properties, label_scorer, with_labels
 from ..schema import (
     CONTENT_HASH,
@@ -59,7 +60,7 @@ from .progress import (
     COUNTERS,
     NAMESPACE,
     WORKERS_NAMESPACE,
-    ProgressReporter,
+    progress_line,
     workers_by_stage,
 )
 from .tally import CountInto, read_tally, tally_folder
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dead-letter",
         default="ib-ingest-failures.jsonl",
-        help="JSONL or .parquet file for items that failed",
+        help="JSONL or .parquet file for items that failed, replaced each run "
+        "(default: ./ib-ingest-failures.jsonl)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="objects per Weaviate write")
     p.add_argument(
@@ -412,7 +414,14 @@ def run(
         tally = FileSystems.join(folder, f"{job_name}-tally.csv") if folder else None
         if tally:
             _ = pipeline | "Tally" >> CountInto(counted, tally)
-        with ProgressReporter(args.progress_seconds, job_counts(args, beam_args, job_name)):
+        with ProgressReporter(
+            args.progress_seconds,
+            job_counts(args, beam_args, job_name),
+            namespace=NAMESPACE,
+            counters=COUNTERS,
+            line=progress_line,
+            logger=log,
+        ):
             result = pipeline.run()
             result.wait_until_finish()
         exact = read_tally(tally, counted) if tally else None

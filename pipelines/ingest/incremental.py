@@ -23,6 +23,7 @@ from ib_vectorizer.options import ModelOptions
 from ..beam.read import ReadFromWeaviate
 from ..beam.target import CollectionDoFn, WeaviateTarget
 from ..beam.write import object_uuid
+from ..paths import has_scheme
 from ..schema import CONTENT_HASH, PARENT_ID, MediaField
 from .progress import JobCounter
 from .ready import ReadyObject
@@ -40,7 +41,7 @@ def checkpoint_identity(path: str | None) -> str:
     """
     if path is None:
         return "random weights"
-    if "://" in path:
+    if has_scheme(path):
         return path
     file = Path(path)
     size = file.stat().st_size
@@ -72,7 +73,7 @@ def model_fingerprint(
     """
     if embed == "local":
         path = None if model.random_weights else model.checkpoint
-        if path is not None and "://" not in path:
+        if path is not None and not has_scheme(path):
             path = str(model.checkpoint_path())
         embedder = {"config": asdict(model.config()), "weights": checkpoint_identity(path)}
         image_decode, quantize = model.image_decode, model.quantize

@@ -2,8 +2,9 @@
 
 Every count (``read``, ``skipped``, ``decoded``, ``embedded``, ``written``,
 ``failed``, ...) goes to a Beam counter, which the runner aggregates and the closing summary
-reads, and to this process's running totals, which a :class:`ProgressReporter`
-prints while the job runs. With the DirectRunner and Prism the workers run in
+reads, and to this process's running totals, which a
+:class:`pipelines.job_progress.ProgressReporter` prints with :func:`progress_line`
+while the job runs. With the DirectRunner and Prism the workers run in
 the launching process, so those totals are the job's; on Flink and Spark the
 reporter reads the job's counters from the engine instead
 (:class:`pipelines.runners.metrics.RunnerMetrics`).
@@ -18,13 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
-import time
-from collections.abc import Callable
 
 import apache_beam as beam
 
-from ..beam.counters import Counter, process_totals, reset_process_totals
+from ..beam.counters import Counter
+from ..job_progress import Progress, format_seconds
 
 NAMESPACE = "ib_ingest"
 WORKERS_NAMESPACE = "ib_ingest_workers"
@@ -117,87 +116,30 @@ def workers_by_stage(counters: dict[str, int]) -> dict[str, dict[str, int]]:
     return stages
 
 
-def progress_line(counts: dict[str, int], elapsed_s: float) -> str:
-    """``read R, embedded E, written W, failed F; X objects/s[, ETA T]``.
+def progress_line(progress: Progress) -> str:
+    """The job's phase and counts: starting, listing, decoding and embedding, writing.
 
-    Listing (files, manifest rows) ends before decoding starts (a reshuffle
-    lies between them), so once anything is decoded the number of objects is
-    known and an ETA follows.
+    Listing (files, manifest rows) ends before decoding starts (a reshuffle lies
+    between them), so once anything is decoded the number of objects is known
+    and an ETA follows, from the rate over the last half minute.
     """
-    failed = counts["failed"] + counts.get("read_failed", 0)
-    unchanged = counts.get("unchanged", 0)
-    done = counts["written"] + counts["failed"] + unchanged + counts.get("skipped", 0)
-    rate = counts["written"] / elapsed_s if elapsed_s > 0 else 0.0
-    skipped = f"unchanged {unchanged}, " if unchanged else ""
-    line = (
-        f"progress: read {counts['read']}, {skipped}embedded {counts['embedded']}, "
-        f"written {counts['written']}, failed {failed}; {rate:.1f} objects/s"
+    p = progress
+    failed = p["failed"] + p["read_failed"]
+    if not (p["listed"] or p["read"]):
+        return f"progress: starting, {format_seconds(p.elapsed_s)}: nothing listed yet"
+    if not (p["decoded"] or p["unchanged"] or p["written"] or failed):
+        return f"progress: listing the input: {p['listed']} found so far"
+    unchanged = f"unchanged {p['unchanged']}, " if p["unchanged"] else ""
+    counts = (
+        f"read {p['read']}, {unchanged}decoded {p['decoded']}, embedded {p['embedded']}, "
+        f"written {p['written']}, failed {failed}"
     )
-    total = max(counts.get("listed", 0), counts["read"])
-    if counts["decoded"] and rate > 0 and total > done and not counts.get("segments"):
+    if not p["written"]:
+        return f"progress: {counts}; decoding and embedding the first batches"
+    rate = p.rate("written")
+    line = f"progress: {counts}; {rate:.1f} objects/s"
+    done = p["written"] + p["failed"] + p["unchanged"] + p["skipped"]
+    total = max(p["listed"], p["read"])
+    if rate > 0 and total > done and not p["segments"]:
         line += f", ETA {format_seconds((total - done) / rate)}"
     return line
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-class ProgressReporter:
-    """Logs a progress line every ``every_s`` seconds until stopped.
-
-    ``counts`` gives the job's counters now (default: this process's running
-    totals in ``namespace``), or None while they are not known; the last known
-    are shown then. ``line`` writes the line (default :func:`progress_line`,
-    ib-ingest's) from the counters and the seconds since the start; ``logger``
-    is the command's.
-    """
-
-    def __init__(
-        self,
-        every_s: float,
-        counts: Callable[[], dict[str, int] | None] | None = None,
-        *,
-        namespace: str = NAMESPACE,
-        counters: tuple[str, ...] = COUNTERS,
-        line: Callable[[dict[str, int], float], str] = progress_line,
-        logger: logging.Logger = log,
-    ) -> None:
-        self.every_s = every_s
-        self.log = logger
-        self.namespace = namespace
-        self.counters = counters
-        self.line = line
-        self._counts = counts or self._process_totals
-        self._last = dict.fromkeys(counters, 0)
-        self.started = time.perf_counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="job-progress", daemon=True)
-
-    def _process_totals(self) -> dict[str, int]:
-        counted = process_totals(self.namespace)
-        return {name: counted.get(name, 0) for name in self.counters}
-
-    def __enter__(self) -> ProgressReporter:
-        reset_process_totals(self.namespace)
-        self.started = time.perf_counter()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            counts = self._counts()
-            if counts is not None:
-                self._last = dict.fromkeys(self.counters, 0) | dict(counts)
-            self.log.info(self.line(self._last, time.perf_counter() - self.started))

@@ -36,6 +36,7 @@ from ..command import (
     fail,
 )
 from ..connection import parse_nodes
+from ..job_progress import Progress, ProgressReporter, format_seconds
 from ..labels import LabelSet, ensure_label_properties, label_scorer
 from ..schema import DEFAULT_VECTOR_NAME, MODALITY
 from ..stack import StackError
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dead-letter",
         default="ib-tag-failures.jsonl",
-        help="JSONL or .parquet file for objects that could not be tagged",
+        help="JSONL or .parquet file for objects that could not be tagged, replaced each run "
+        "(default: ./ib-tag-failures.jsonl)",
     )
     p.add_argument("--batch-size", type=int, default=256, help="objects scored at once")
     p.add_argument(
@@ -160,7 +162,6 @@ def run(args, beam_args: list[str], label_set: LabelSet, model: ModelOptions) ->
     from contextlib import ExitStack
 
     from ..ingest.command import job_counts, open_target, with_job_name
-    from ..ingest.progress import ProgressReporter
 
     started = time.perf_counter()
     with ExitStack() as resources:
@@ -207,11 +208,14 @@ def run(args, beam_args: list[str], label_set: LabelSet, model: ModelOptions) ->
     return 0
 
 
-def progress_line(counts: dict[str, int], elapsed_s: float) -> str:
-    rate = counts["updated"] / elapsed_s if elapsed_s > 0 else 0.0
+def progress_line(progress: Progress) -> str:
+    """Counts, and the update rate over the last half minute."""
+    p = progress
+    if not p["read"]:
+        return f"progress: starting, {format_seconds(p.elapsed_s)}: nothing read yet"
     return (
-        f"progress: read {counts['read']}, tagged {counts['tagged']}, updated "
-        f"{counts['updated']}, failed {counts['failed']}; {rate:.1f} objects/s"
+        f"progress: read {p['read']}, tagged {p['tagged']}, updated {p['updated']}, "
+        f"failed {p['failed']}; {p.rate('updated'):.1f} objects/s"
     )
 
 
