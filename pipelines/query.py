@@ -40,7 +40,7 @@ from .near import (
     open_collection,
     where_filter,
 )
-from .schema import CONTENT_HASH
+from .schema import CONTENT_HASH, SEGMENT_END, SEGMENT_START
 
 
 class _QueryItem(argparse.Action):
@@ -233,7 +233,7 @@ def print_hits(hits: list[dict], as_json: bool) -> None:
 
 def time_range(properties: dict) -> str:
     """``"t=120–130 s  "`` for a segment (start and end taken out of ``properties``), else ""."""
-    start, end = properties.pop("segment_start_s", None), properties.pop("segment_end_s", None)
+    start, end = properties.pop(SEGMENT_START, None), properties.pop(SEGMENT_END, None)
     if start is None or end is None:
         return ""
     return f"t={start:g}–{end:g} s  "

@@ -41,6 +41,11 @@ CONTENT_HASH = "content_hash"  # what an object was made from and by (see ingest
 MODALITY = "modality"  # the modalities of an object's fields (image, audio, ...), filterable
 LABELS = "labels"  # zero-shot tags, best first (see pipelines.labels), filterable
 LABEL_SCORES = "label_scores"  # their probabilities, in the same order
+# A segment of a long recording (see pipelines.ingest.segments): where it lies in its source.
+SEGMENT_START = "segment_start_s"
+SEGMENT_END = "segment_end_s"
+SEGMENT_INDEX = "segment_index"
+SEGMENT_COUNT = "segment_count"  # on the last segment only; 0 on the others
 EXACT_TEXT = (SOURCE_ID, PARENT_ID, MODALITY, LABELS)  # matched whole, never split into words
 DEFAULT_VECTOR_NAME = "imagebind"
 # The line of a collection's description that lists where its stored URIs were read from.

@@ -41,16 +41,20 @@ from ib_vectorizer.retry import call_with_retries
 
 from ..beam.target import BACKOFF
 from ..beam.write import object_uuid
-from ..schema import CONTENT_HASH, PARENT_ID, uri_property
+from ..schema import (
+    CONTENT_HASH,
+    PARENT_ID,
+    SEGMENT_COUNT,
+    SEGMENT_END,
+    SEGMENT_INDEX,
+    SEGMENT_START,
+    uri_property,
+)
 from .objects import SourceObject
 from .ready import ReadyObject, read_field
 
 log = logging.getLogger(__name__)
 
-SEGMENT_START = "segment_start_s"
-SEGMENT_END = "segment_end_s"
-SEGMENT_INDEX = "segment_index"
-SEGMENT_COUNT = "segment_count"  # on the last segment only; 0 on the others
 SEGMENTED = (Modality.AUDIO, Modality.VIDEO)
 _CHUNK = 1 << 20
 
