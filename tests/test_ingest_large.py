@@ -9,9 +9,9 @@ from weaviate.classes.config import DataType
 
 from ib_vectorizer.bench.payloads import image_payload
 from ib_vectorizer.modalities import Modality
+from pipelines.beam.failures import FAILURES
 from pipelines.beam.target import WeaviateTarget
 from pipelines.beam.write import (
-    FAILURES,
     MAX_BATCH_BYTES,
     MAX_OBJECT_BYTES,
     _WriteDoFn,

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
+# The tag of a step's output of Failures (``with_outputs(FAILURES, main=...)``).
+FAILURES = "failures"
+
 
 @dataclass(frozen=True)
 class Failure:

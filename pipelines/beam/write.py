@@ -43,12 +43,11 @@ from ib_vectorizer.retry import first_line
 
 from ..schema import DEFAULT_VECTOR_NAME, ensure_tenant
 from .counters import DEFAULT_NAMESPACE, Counter
-from .failures import Failure
+from .failures import FAILURES, Failure
 from .target import BACKOFF, CollectionDoFn, WeaviateTarget
 
 log = logging.getLogger(__name__)
 
-FAILURES = "failures"
 # weaviate-client sends one insert_many as one gRPC message, capped at about 100 MB.
 MAX_BATCH_BYTES = 48 * 1024 * 1024  # a batch is cut before it grows past this
 MAX_OBJECT_BYTES = 96 * 1024 * 1024  # one object alone may use all but the framing

@@ -25,14 +25,12 @@ from ib_vectorizer.preprocess import Preprocessor
 from ib_vectorizer.preprocess.processes import DecodingProcesses
 from ib_vectorizer.preprocess.segments import SegmentRule
 
-from ..beam.failures import Failure
+from ..beam.failures import FAILURES, Failure
 from ..beam.target import CollectionDoFn, WeaviateTarget
 from .objects import SourceObject
 from .progress import JobCounter, StageTime
 from .ready import ReadyObject, read_field
 from .segments import SegmentCutter, Source, hash_source, is_segmented
-
-FAILURES = "failures"
 
 
 class ReadFields(beam.DoFn):

@@ -24,7 +24,7 @@ from ib_vectorizer.preprocess import Preprocessor
 from ib_vectorizer.preprocess.segments import SegmentRule
 from ib_vectorizer.zero_shot import LabelScorer
 
-from ..beam.failures import Failure
+from ..beam.failures import FAILURES, Failure
 from ..beam.target import WeaviateTarget
 from ..beam.write import WriteToWeaviate
 from ..labels import LabelSet, tag_properties
@@ -37,7 +37,7 @@ from ..schema import (
     combine_like_weaviate,
     uri_property,
 )
-from .decode import FAILURES, Decode, ReadFields, ReadyObject
+from .decode import Decode, ReadFields, ReadyObject
 from .incremental import DeleteMissing, skip_unchanged
 from .inputs import InputSpec
 from .model_handler import EmbeddedObject, ObjectModelHandler

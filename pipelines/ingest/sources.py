@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
 
-from ..beam.failures import Failure
+from ..beam.failures import FAILURES, Failure
 from ..paths import absolute, dirname, relpath
 from .inputs import InputSpec
 from .manifest_files import csv_reader, lines, parquet_file
@@ -36,7 +36,6 @@ from .progress import JobCounter, SkippedKinds
 from .to_objects import Skipped, file_to_object, row_id, row_to_object
 
 OBJECTS = "objects"
-FAILURES = "failures"
 SKIPPED = "skipped"  # the ids of a directory's files that are no object (see to_objects.Skipped)
 STAGE = "read"
 

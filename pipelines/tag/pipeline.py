@@ -24,7 +24,7 @@ from ib_vectorizer.retry import first_line
 from ib_vectorizer.zero_shot import LabelScorer
 
 from ..beam.counters import Counter
-from ..beam.failures import Failure
+from ..beam.failures import FAILURES, Failure
 from ..beam.read import ReadFromWeaviate
 from ..beam.target import CollectionDoFn, WeaviateTarget
 from ..labels import LabelSet, scored_as, tag_properties
@@ -32,7 +32,6 @@ from ..schema import MODALITY, SOURCE_ID
 
 NAMESPACE = "ib_tag"
 COUNTERS = ("read", "tagged", "updated", "failed")
-FAILURES = "failures"
 
 
 def _name(record: dict[str, Any]) -> str:
