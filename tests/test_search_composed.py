@@ -330,6 +330,39 @@ def test_a_composed_link_opened_fresh_and_the_single_links_still_work(server, pa
     expect(page.locator("#error")).to_have_text(
         "the link has 2 text items and 1 weights: give one weight each"
     )
+    # The link's items stay in the controls, for its weights to be fixed there.
+    expect(page.locator("#query")).to_have_value("a")
+    expect(page.locator("#weight")).to_have_value("1")
+    expect(page.locator("#item-2-text")).to_have_value("b")
+
+
+# Each short label on view ("It is", "weight", ...; not those only screen readers read): its
+# text's line count, and whether it shares a line with its control.
+SHORT_LABELS = """() => [...document.querySelectorAll('label:not(.hidden)')]
+    .filter((label) => label.offsetParent && label.control && label.textContent.length <= 12)
+    .map((label) => {
+        const text = document.createRange();
+        text.selectNodeContents(label);
+        const own = label.getBoundingClientRect();
+        const control = label.control.getBoundingClientRect();
+        return {
+            label: label.textContent,
+            lines: new Set([...text.getClientRects()].map((r) => Math.round(r.top))).size,
+            besideControl: own.top < control.bottom && control.top < own.bottom,
+        };
+    })"""
+
+
+def test_short_labels_stay_on_one_line_beside_their_controls(server, page):
+    page.goto(server)
+    expect(page.locator("#collection")).to_have_value(COLLECTION)
+    page.click("#add-item")  # a composed query's row has its own "It is" and "weight"
+    for width in range(420, 1400, 7):
+        page.set_viewport_size({"width": width, "height": 900})
+        labels = page.evaluate(SHORT_LABELS)
+        assert [label["label"] for label in labels].count("It is") == 2, labels
+        for label in labels:
+            assert (width, label["lines"], label["besideControl"]) == (width, 1, True), label
 
 
 def test_a_dropped_file_is_item_one_of_a_composed_query(server, page, tree):
@@ -348,6 +381,26 @@ def test_a_dropped_file_is_item_one_of_a_composed_query(server, page, tree):
     expect(page.locator("#first-file")).to_contain_text("tone.wav (detected)")
     assert page.url == before  # a file is not kept in a link, and the page says so
     expect(page.locator("#compose-note")).to_contain_text("files are not kept in links")
+
+
+def test_a_file_item_the_vectorizer_refuses_leaves_the_query_as_it_was(
+    server, page, tree, tmp_path
+):
+    """A JPEG cut short is an image to ib-search but no image to the inference server."""
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((tree / "image/cat.jpg").read_bytes()[:2000])
+    page.goto(server)
+    expect(page.locator("#collection")).to_have_value(COLLECTION)
+    compose_on_page(page, "a dog barking loudly", (cut, 0.5))
+    page.click("#search-button")
+    expect(page.locator("#error")).to_contain_text("query item 2 (image): ", timeout=30_000)
+    expect(page.locator("#status")).to_have_text(
+        "Could not search for “a dog barking loudly” + 0.5 × cut.jpg (detected)"
+    )
+    expect(page.locator("#results > li")).to_have_count(0)
+    expect(page.locator("#query")).to_have_value("a dog barking loudly")
+    expect(page.locator("#item-2-weight")).to_have_value("0.5")
+    assert page.eval_on_selector("#item-2-file", "(input) => input.files[0].name") == "cut.jpg"
 
 
 def test_hybrid_search_on_the_page_keeps_alpha_in_its_link(server, page):

@@ -6,7 +6,8 @@ against the module's stack. Each browser test finds the object it expects among
 the results by its ``data-source-id``; screenshots go to ``tests/screenshots/``.
 The page runs under its own Content-Security-Policy, and the tests check that it
 refuses nothing the page needs; what ib-search must refuse is tested in
-``test_search_security.py``.
+``test_search_security.py``. A third collection, from a manifest, holds one text
+with metadata in words and a hash, for how a card shows its properties.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 COLLECTION = "Gallery"
 URI_COLLECTION = "GalleryUris"
 TEXT = "a dog barking loudly"  # text/note.txt of the dataset
+NOTES = "Notes"
+NOTE = {
+    "id": "notes/harbour.txt",
+    "text": "boats in the harbour at dawn",
+    "caption": "Fishing boats coming back into the harbour at dawn, photographed from the "
+    "lighthouse pier while the gulls followed them",
+    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+}
 
 
 class SearchServer:
@@ -85,6 +94,15 @@ def gallery(stack, dataset, tmp_path_factory):
     assert run_ingest(stack, dataset, COLLECTION, dead / "blobs.jsonl") == 0
     assert run_ingest(stack, dataset, URI_COLLECTION, dead / "uris.jsonl", "--store-uri") == 0
     return dataset
+
+
+@pytest.fixture(scope="module")
+def notes(stack, tmp_path_factory) -> None:
+    """NOTES: NOTE's text, and its caption and hash as metadata, ingested from a manifest."""
+    folder = tmp_path_factory.mktemp("notes")
+    manifest = folder / "notes.jsonl"
+    manifest.write_text(json.dumps(NOTE) + "\n")
+    assert run_ingest(stack, manifest, NOTES, folder / "failures.jsonl") == 0
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +178,7 @@ def test_text_query_and_more_like_this_by_keyboard_only(server, page):
     page.keyboard.press("Enter")
     assert first_source_id(page) == "text/note.txt"
     expect(results(page).first.locator("p.text")).to_have_text(TEXT)
+    assert results(page).first.inner_text().count(TEXT) == 1  # not again as a property
     assert "text=a+dog+barking+loudly" in page.url  # the query is a link to share
 
     # The first result's "more like this", reached with Tab, finds that object first.
@@ -275,7 +294,9 @@ def test_an_unsupported_file_says_so_on_the_page(server, page, tmp_path):
     error = page.locator("#error")
     expect(error).to_be_visible(timeout=30_000)
     expect(error).to_contain_text("unsupported file notes.txt")
+    expect(page.locator("#status")).to_have_text("Could not search for notes.txt (detected)")
     expect(results(page)).to_have_count(0)
+    expect(page.locator("#pager")).to_be_hidden()
 
 
 def test_an_unreachable_weaviate_says_so_on_the_page(browser):
@@ -292,12 +313,102 @@ def test_an_unreachable_weaviate_says_so_on_the_page(browser):
         error = page.locator("#error")
         expect(error).to_be_visible(timeout=30_000)
         expect(error).to_contain_text(f"cannot reach Weaviate at http://127.0.0.1:{dead}")
+        expect(page.locator("#query")).to_have_value("rain")  # the link's query, to search again
         context.close()
         status, body = call(running.url + "api/search", {"collection": "Anything", "text": "x"})
         assert status == 503
         assert "cannot reach Weaviate" in body["error"]
     finally:
         running.stop()
+
+
+def test_a_failed_search_leaves_its_query_and_options_as_they_were(server, page):
+    """A filter on a property the collection lacks: the error, and every control as given."""
+    link = f"{server}?collection={COLLECTION}&text={quote(TEXT)}&alpha=0.3"
+    page.goto(f"{link}&modality=audio&property=nope&value=1")
+    expect(page.locator("#error")).to_contain_text("no property 'nope' to filter on")
+    failed = f"Could not search for “{TEXT}” (hybrid, alpha 0.3)"
+    expect(page.locator("#status")).to_have_text(failed)
+    expect(page.locator("#query")).to_have_value(TEXT)
+    expect(page.locator("#hybrid")).to_be_checked()
+    expect(page.locator("#alpha")).to_have_value("0.3")
+    expect(page.locator("#filter-modality")).to_have_value("audio")
+    expect(page.locator("#filter-property")).to_have_value("nope")
+    expect(page.locator("#filter-value")).to_have_value("1")
+    # Fixed on the page, the same query finds the audio.
+    page.select_option("#filter-property", "")
+    page.click("#filter-form button[type=submit]")
+    expect(results(page)).to_have_count(2, timeout=30_000)
+    expect(page.locator("#error")).to_be_hidden()
+
+
+def test_previous_and_next_only_where_there_is_such_a_page(server, page):
+    pager, status = page.locator("#pager"), page.locator("#status")
+    previous, following = page.locator("#previous"), page.locator("#next")
+    link = f"{server}?collection={COLLECTION}&text={quote(TEXT)}"
+    page.goto(server)
+    expect(page.locator("#collection")).to_have_value(COLLECTION)
+    expect(pager).to_be_hidden()  # nothing searched yet
+    expect(previous).to_be_disabled()
+    expect(following).to_be_disabled()
+
+    page.goto(f"{link}&property=source_id&value=none/*")
+    expect(status).to_have_text(f"No results for “{TEXT}”", timeout=30_000)
+    expect(pager).to_be_hidden()
+    expect(previous).to_be_disabled()
+    expect(following).to_be_disabled()
+
+    # The gallery's ten objects from the 7th on: the last page. Next is greyed out and inert.
+    page.goto(f"{link}&offset=6")
+    expect(status).to_have_text(f"Results 7–10 for “{TEXT}”", timeout=30_000)
+    expect(pager).to_be_visible()
+    expect(page.locator("#page-number")).to_have_text("page 2")
+    expect(previous).to_be_enabled()
+    expect(following).to_be_disabled()
+    look = "(b) => ['backgroundColor', 'color', 'cursor'].map((key) => getComputedStyle(b)[key])"
+    assert following.evaluate(look) != previous.evaluate(look)
+    assert following.evaluate(look)[2] == "not-allowed"
+    shown = page.url
+    following.click(force=True)
+    expect(status).to_have_text(f"Results 7–10 for “{TEXT}”")
+    assert page.url == shown
+    previous.click()
+    expect(status).to_have_text(f"Results 1–10 for “{TEXT}”", timeout=30_000)
+    expect(pager).to_be_hidden()  # one page holds all ten
+
+
+# For the one text node of an element: how many lines it takes, and which words are split
+# across two.
+LINES_AND_SPLIT_WORDS = """(element) => {
+    const text = element.firstChild;
+    const range = document.createRange();
+    const lines = (start, end) => {
+        range.setStart(text, start);
+        range.setEnd(text, end);
+        return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
+    };
+    const split = [...text.data.matchAll(/\\S+/g)]
+        .filter((word) => lines(word.index, word.index + word[0].length) > 1)
+        .map((word) => word[0]);
+    return { lines: lines(0, text.data.length), split };
+}"""
+
+
+def test_a_text_hit_shows_its_text_once_and_its_properties_wrap_between_words(server, notes, page):
+    page.goto(f"{server}?collection={NOTES}&text=boats")
+    card = page.locator(f'li.result[data-source-id="{NOTE["id"]}"]')
+    expect(card).to_be_visible(timeout=30_000)
+    expect(card.locator("p.text")).to_have_text(NOTE["text"])
+    assert card.inner_text().count(NOTE["text"]) == 1
+    expect(card.locator("dt")).to_have_text(["modality", "source_id", "caption", "sha256"])
+
+    caption = card.locator("xpath=.//dt[.='caption']/following-sibling::dd[1]")
+    wrapped = caption.evaluate(LINES_AND_SPLIT_WORDS)
+    assert wrapped["lines"] > 1 and wrapped["split"] == [], wrapped
+    # A token wider than the card (a hash) breaks where it must, inside the card.
+    digest = card.locator("xpath=.//dt[.='sha256']/following-sibling::dd[1]")
+    assert digest.evaluate(LINES_AND_SPLIT_WORDS)["lines"] > 1
+    assert digest.evaluate("(dd) => dd.scrollWidth <= dd.clientWidth")
 
 
 # -- the JSON API --------------------------------------------------------------------------------

@@ -88,9 +88,22 @@ async function loadInfo() {
     element("option", { value: "", text: "no property filter" }),
     ...info.properties.map((p) => element("option", { value: p.name, text: `${p.name} (${p.type})` })),
   );
-  modalities.value = state.filter.modality || "";
-  properties.value = state.filter.property || "";
+  showFilter();
+}
+
+// The filter controls as state.filter has it. A modality or property this collection lacks (a
+// link's) stays chosen, so the page shows what was asked for next to the error about it.
+function showFilter() {
+  choose($("filter-modality"), state.filter.modality || "");
+  choose($("filter-property"), state.filter.property || "");
   $("filter-value").value = state.filter.value || "";
+}
+
+function choose(select, value) {
+  if (![...select.options].some((option) => option.value === value)) {
+    select.append(element("option", { value, text: value }));
+  }
+  select.value = value;
 }
 
 // -- queries -----------------------------------------------------------------------------------
@@ -167,8 +180,8 @@ async function run(query, offset = 0, remember = true) {
       : `No results for ${describe(query)}`);
   } catch (err) {
     $("results").replaceChildren();
-    $("pager").hidden = true;
-    setStatus("");
+    showPager();
+    setStatus(`Could not search for ${describe(query)}`);
     showError(err.message);
   } finally {
     $("results").removeAttribute("aria-busy");
@@ -281,9 +294,11 @@ function addItem(values = {}) {
     element("span", { className: "item-number", "aria-hidden": "true" }),
     element("label", { className: "hidden item-text-label" }), text,
     element("label", { className: "hidden item-file-label" }), file,
-    element("label", { className: "item-modality-label", text: "It is" }),
-    element("select", { className: "item-modality" }, ...choices),
-    element("label", { className: "item-weight-label", text: "weight" }), weight,
+    element("span", { className: "field" },
+      element("label", { className: "item-modality-label", text: "It is" }),
+      element("select", { className: "item-modality" }, ...choices)),
+    element("span", { className: "field" },
+      element("label", { className: "item-weight-label", text: "weight" }), weight),
     remove,
   );
   $("items").append(row);
@@ -342,10 +357,17 @@ async function searchComposed() {
 function render(answer) {
   const items = answer.results.map((hit, index) => card(hit, answer.offset + index + 1));
   $("results").replaceChildren(...items);
-  $("pager").hidden = answer.offset === 0 && !answer.more;
-  $("previous").disabled = answer.offset === 0;
-  $("next").disabled = !answer.more;
-  $("page-number").textContent = `page ${Math.floor(answer.offset / PAGE_SIZE) + 1}`;
+  showPager(answer.offset, answer.more);
+}
+
+// Previous and Next work only where there is such a page; the pager shows when there is more
+// than one page. A link's offset need not be a whole number of pages: its page is the number of
+// Previous presses back to the first, plus one.
+function showPager(offset = 0, more = false) {
+  $("pager").hidden = offset === 0 && !more;
+  $("previous").disabled = offset === 0;
+  $("next").disabled = !more;
+  $("page-number").textContent = `page ${Math.ceil(offset / PAGE_SIZE) + 1}`;
 }
 
 function card(hit, rank) {
@@ -358,9 +380,11 @@ function card(hit, rank) {
   });
   const media = element("div", { className: "media" });
   for (const entry of hit.media) media.append(mediaView(entry, name));
+  // A text field is shown as the hit's medium: not again among its properties.
+  const texts = new Set(hit.media.filter((entry) => entry.modality === "text").map((entry) => entry.field));
   const properties = element("dl");
   for (const [key, value] of Object.entries(hit.properties)) {
-    if (value === null || value === undefined || key === "content_hash") continue;
+    if (value === null || value === undefined || key === "content_hash" || texts.has(key)) continue;
     const shown = typeof value === "object" ? JSON.stringify(value) : String(value);
     properties.append(element("dt", { text: key }), element("dd", { text: shown }));
   }
@@ -481,17 +505,28 @@ function queryFromUrl(params) {
   return null;
 }
 
+// A link's texts, weights and alpha as given, for the controls to show when they make no query.
+function queryAsGiven(params) {
+  const texts = params.getAll("text").filter((text) => text);
+  const weights = params.getAll("weight");
+  if (texts.length > 1 || weights.length) {
+    return { items: texts.map((text, index) => ({ text, weight: weights[index] ?? "" })) };
+  }
+  return { text: texts[0] || "", alpha: params.get("alpha") ?? undefined };
+}
+
 // The controls as the query has them, so a link (or going back) shows what it searches.
 function showQuery(query) {
   $("items").replaceChildren();
   $("weight").value = "1";
   $("hybrid").checked = false;
   state.firstFile = null;
-  state.weightedAlone = Boolean(query && query.items !== undefined && query.items.length === 1);
-  if (query && query.items !== undefined) {
-    $("query").value = query.items[0].text;
-    $("weight").value = String(query.items[0].weight);
-    for (const item of query.items.slice(1)) addItem(item);
+  const items = query && query.items !== undefined ? query.items : [];
+  state.weightedAlone = items.length === 1;
+  if (items.length) {
+    $("query").value = items[0].text;
+    $("weight").value = String(items[0].weight);
+    for (const item of items.slice(1)) addItem(item);
   } else {
     $("query").value = query && query.text !== undefined ? query.text : "";
     if (query && query.alpha !== undefined) {
@@ -502,27 +537,33 @@ function showQuery(query) {
   updateComposing();
 }
 
+// A link (opened, or gone back to): its query in the controls, then its results. When it cannot
+// be searched (no such collection, Weaviate unreachable, weights that do not fit), the controls
+// still hold its query as given, for the user to fix.
 async function openUrl() {
   const params = new URLSearchParams(location.search);
   state.filter = {};
   for (const key of ["modality", "property", "value"]) {
     if (params.get(key)) state.filter[key] = params.get(key);
   }
+  showError("");
+  let query = null;
+  let problem = null;
+  try {
+    query = queryFromUrl(params);
+  } catch (err) {
+    problem = err;
+  }
+  showQuery(query || queryAsGiven(params));
+  showFilter();
   try {
     await loadCollections(params.get("collection"));
   } catch (err) {
     showError(err.message);
     return;
   }
-  let query;
-  try {
-    query = queryFromUrl(params);
-  } catch (err) {
-    showError(err.message);
-    return;
-  }
-  showQuery(query);
-  if (query) await run(query, Number(params.get("offset")) || 0, false);
+  if (problem) showError(problem.message);
+  else if (query) await run(query, Number(params.get("offset")) || 0, false);
 }
 
 function wire() {
