@@ -30,6 +30,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .conftest import SCREENSHOTS
+from .fixture_data import INPUTS
 from .test_ingest import copy_dataset, run_ingest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -455,6 +456,15 @@ def call(url: str, body: dict | bytes | None = None) -> tuple[int, dict]:
             "no property 'nope'",
         ),
         (b"{not json", 400, "not valid JSON"),
+        (
+            {
+                "collection": COLLECTION,
+                "media": base64.b64encode((INPUTS / "image_rgb.jpg").read_bytes()[:400]).decode(),
+                "filename": "cut.jpg",
+            },
+            400,
+            "cut.jpg: Weaviate's vectorizer could not use it as image",
+        ),
     ],
 )
 def test_bad_requests_answer_4xx_with_an_error(server, body, status, message):

@@ -349,7 +349,16 @@ class SearchService:
                 return self._weaviate(
                     lambda: hybrid(collection, str(value), request.alpha, **options)
                 )
-            return self._weaviate(lambda: near(collection, kind, value, **options))
+            try:
+                return self._weaviate(lambda: near(collection, kind, value, **options))
+            except ApiError as err:
+                if err.status != 400 or not isinstance(value, bytes):
+                    raise
+                raise ApiError(  # a file Weaviate's vectorizer module refused: name it
+                    400,
+                    f"{request.filename}: Weaviate's vectorizer could not use it as {kind} "
+                    f"({err.message.removeprefix('Weaviate could not run the query: ')})",
+                ) from None
 
         if scan_for is None:
             hits = page(request.offset, request.limit + 1)
@@ -583,6 +592,7 @@ class SearchRequest:
     items: tuple[tuple[str, str | bytes], ...] = ()  # a composed query's (kind, value)
     weights: tuple[float, ...] = ()
     alpha: float | None = None  # a hybrid search: 1 vector only, 0 keywords only
+    filename: str = "the file"  # a file query's name, for what the page says about it
 
     @classmethod
     def parse(cls, body: Any) -> SearchRequest:
@@ -636,6 +646,7 @@ class SearchRequest:
             items=items,
             weights=weights,
             alpha=alpha,
+            filename=str(body.get("filename") or "the file"),
         )
 
     def weaviate_filter(self, layout: Layout):
