@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,8 @@ from ib_vectorizer.server_process import http_status
 from ib_vectorizer.serving.protocol import WIRE_NAME
 
 from .fixture_data import FIXTURE
+
+ROOT = Path(__file__).resolve().parent.parent  # where ``python -m benchmarks.<name>`` runs
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -222,10 +225,11 @@ def test_bench_reports_a_server_that_cannot_start(tmp_path, capsys):
 
 def test_decode_benchmark_prints_both_modes_and_their_difference():
     result = subprocess.run(
-        [sys.executable, "-m", "ib_vectorizer.bench.decode", "--megapixels", "2", "--repeats", "1"],
+        [sys.executable, "-m", "benchmarks.photo_decode", "--megapixels", "2", "--repeats", "1"],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("| 1632×1224")]
@@ -238,13 +242,14 @@ def test_decode_benchmark_prints_both_modes_and_their_difference():
 def test_model_benchmark_prints_float32_and_int8_for_every_modality():
     result = subprocess.run(
         [
-            sys.executable, "-m", "ib_vectorizer.bench.model",
+            sys.executable, "-m", "benchmarks.model_int8",
             "--model", str(FIXTURE / "config.json"),
             "--threads", "1", "--items", "1", "--repeats", "1",
         ],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 1 |")]
@@ -278,7 +283,7 @@ def test_reference_server_builds_the_containers_model_with_our_weights(tmp_path,
     for name in [n for n in sys.modules if n.startswith("ImageBind")]:
         monkeypatch.delitem(sys.modules, name)
 
-    from ib_vectorizer.bench.reference_server import patch_weights
+    from benchmarks.reference_server import patch_weights
     from ib_vectorizer.model import get_config
 
     patch_weights(tmp_path, get_config(FIXTURE / "config.json"), tmp_path / "weights.pt")
@@ -291,7 +296,7 @@ def test_reference_server_builds_the_containers_model_with_our_weights(tmp_path,
 
 
 def test_reference_server_says_what_the_app_directory_lacks(tmp_path):
-    from ib_vectorizer.bench.reference_server import main
+    from benchmarks.reference_server import main
 
     with pytest.raises(SystemExit, match=r"no app\.py in it"):
         main(["--app", str(tmp_path), "--model", "imagebind_huge", "--checkpoint", "w.pt"])

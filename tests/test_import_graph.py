@@ -8,7 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("ib_vectorizer", "pipelines")
+INSTALLED = ("ib_vectorizer", "pipelines")  # what pip installs; benchmarks/ is not
+PACKAGES = (*INSTALLED, "benchmarks")
 
 
 def modules() -> dict[str, Path]:
@@ -67,6 +68,48 @@ def test_no_module_imports_itself_through_others():
         seen = {start}
         visit(start, [start])
     assert sorted(circles) == []
+
+
+def _is_benchmarks(module: str) -> bool:
+    return module == "benchmarks" or module.startswith("benchmarks.")
+
+
+def names_benchmarks(node: ast.AST) -> bool:
+    """An import of ``benchmarks``, or a string naming one of its modules (``import_module``,
+    ``python -m benchmarks.x``): either breaks every installed copy, which has no benchmarks."""
+    if isinstance(node, ast.Import):
+        return any(_is_benchmarks(alias.name) for alias in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return node.level == 0 and _is_benchmarks(node.module or "")
+    is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+    return is_text and _is_benchmarks(node.value)
+
+
+def test_what_finds_a_use_of_benchmarks():
+    uses = (
+        "import benchmarks",
+        "import benchmarks.help_time as h",
+        "from benchmarks import scale_dataset",
+        "from benchmarks.ingest_job import run_job",
+        "importlib.import_module('benchmarks.photo_decode')",
+    )
+    for code in uses:
+        assert any(names_benchmarks(node) for node in ast.walk(ast.parse(code))), code
+    for code in ("import benchmarking", "from .benchmarks import x", "x = 'benchmarks are slow'"):
+        assert not any(names_benchmarks(node) for node in ast.walk(ast.parse(code))), code
+
+
+def test_the_installed_packages_never_use_benchmarks():
+    """benchmarks/ sits beside the packages and is not installed: the packages must not
+    import it, lazily or by name."""
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for package in INSTALLED
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if names_benchmarks(node)
+    ]
+    assert found == []
 
 
 COMMANDS = (

@@ -282,12 +282,13 @@ def test_ingest_benchmark_command_runs_both_paths(tmp_path):
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
     result = subprocess.run(
         [
             sys.executable,
             "-m",
-            "pipelines.ingest.bench",
+            "benchmarks.ingest_vs_naive",
             "--objects",
             "6",
             "--data-dir",
@@ -297,6 +298,7 @@ def test_ingest_benchmark_command_runs_both_paths(tmp_path):
         text=True,
         timeout=600,
         env={**os.environ, **TINY_ENV},
+        cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()

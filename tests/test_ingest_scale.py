@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from pipelines.ingest.scale_dataset import PLAN_FILE, split_counts, write_dataset
+from benchmarks.scale_dataset import PLAN_FILE, split_counts, write_dataset
 
 from .server_process import TINY_ENV
 
 TINY = ["--model", TINY_ENV["IB_MODEL"], "--checkpoint", TINY_ENV["IB_CHECKPOINT"]]
+ROOT = Path(__file__).resolve().parent.parent  # where ``python -m benchmarks.<name>`` runs
 
 
-def bench(*args: str) -> subprocess.CompletedProcess:
+def bench(name: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.<name> ARGS`` with the tiny model, as a user would run it."""
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.ingest.bench", *args, *TINY],
+        [sys.executable, "-m", f"benchmarks.{name}", *args, *TINY],
         capture_output=True,
         text=True,
         timeout=900,
+        cwd=ROOT,
     )
 
 
@@ -44,7 +48,7 @@ def test_the_dataset_mixes_modalities_in_each_folder_and_is_reused(tmp_path):
 
 
 def test_scale_benchmark_reports_and_checks_everything(tmp_path):
-    result = bench("--scale", "60", "--dataset", str(tmp_path / "data"))
+    result = bench("ingest_scale", "--objects", "60", "--dataset", str(tmp_path / "data"))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     out = result.stdout
     for line in (
@@ -62,7 +66,7 @@ def test_scale_benchmark_reports_and_checks_everything(tmp_path):
 
 
 def test_long_recording_benchmark_prints_peak_memory_per_length():
-    result = bench("--long-audio", "0.5", "1")
+    result = bench("long_audio_memory", "--minutes", "0.5", "1")
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 0.5 min |")]
     assert rows and "| 3 |" in rows[0], result.stdout  # 30 s in segments of 10 s
@@ -70,7 +74,7 @@ def test_long_recording_benchmark_prints_peak_memory_per_length():
 
 
 def test_throughput_per_tenth_is_timed_from_the_first_object():
-    from pipelines.ingest.scale_bench import tenths
+    from benchmarks.ingest_scale import tenths
 
     samples = [(0.0, 0), (5.0, 0)] + [(5.0 + t, 10 * t) for t in range(1, 101)]  # 10/s
     assert [round(rate, 6) for rate in tenths(samples, 1000)] == [10.0] * 10
@@ -78,7 +82,7 @@ def test_throughput_per_tenth_is_timed_from_the_first_object():
 
 
 def test_a_job_run_closes_its_progress_series_with_the_totals(tmp_path):
-    from pipelines.ingest.scale_bench import run_job
+    from benchmarks.ingest_job import run_job
 
     job = (
         "import json, sys\n"

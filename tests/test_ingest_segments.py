@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from weaviate.classes.query import Filter
 
+from benchmarks.scale_dataset import write_long_recording
 from ib_vectorizer.errors import MediaError
 from ib_vectorizer.preprocess.audio import load_audio
 from ib_vectorizer.preprocess.segments import (
@@ -32,7 +33,6 @@ from ib_vectorizer.preprocess.video import (
     load_video,
     open_video,
 )
-from pipelines.ingest.scale_dataset import write_long_recording
 from pipelines.query import main as query_main
 
 from .media import encode_video, tone, wav_bytes

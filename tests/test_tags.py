@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from benchmarks.retag_vs_ingest import measure
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
 from ib_vectorizer.zero_shot import TEMPLATES, LabelScorer
 from pipelines.labels import LabelSet, scored_as, tag_properties, with_labels
-from pipelines.tag.bench import measure
 from pipelines.tag.command import main as ib_tag
 
 from .server_process import TINY_ENV
@@ -184,7 +184,7 @@ def test_labels_are_part_of_the_content_hash(stack, tagged, label_file, tmp_path
 def test_retagging_a_thousand_objects_reads_and_embeds_no_media(stack, tmp_path, capsys):
     """ib-tag over 1,000 photos: every object re-tagged from its stored vector, the inference
     server embeds nothing meanwhile and every vector stays bit for bit; both times are printed
-    (docs/zero-shot.md has the figure from ``python -m pipelines.tag.bench``)."""
+    (docs/zero-shot.md has the figure from ``python -m benchmarks.retag_vs_ingest``)."""
     model = ModelOptions(model=TINY_ENV["IB_MODEL"], checkpoint=TINY_ENV["IB_CHECKPOINT"])
     figures = measure(stack.endpoints, model, tmp_path, 1000, (320, 240))
     assert figures["ingest"]["written"] == 1000

@@ -86,10 +86,10 @@ def test_help_names_image(capsys, command):
     assert "image (or vision)" in out
 
 
-def test_bench_model_takes_image(monkeypatch):
+def test_model_benchmark_takes_image(monkeypatch):
     import argparse
 
-    from ib_vectorizer.bench import model
+    from benchmarks import model_int8
 
     seen = {}
 
@@ -100,7 +100,7 @@ def test_bench_model_takes_image(monkeypatch):
     original = argparse.ArgumentParser.parse_args
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
     with pytest.raises(SystemExit):
-        model.main(["--modalities", "image", "vision", "text"])
+        model_int8.main(["--modalities", "image", "vision", "text"])
     assert seen["modalities"] == [Modality.VISION, Modality.VISION, Modality.TEXT]
 
 

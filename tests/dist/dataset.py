@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.ingest.scale_dataset import photo, with_jpeg_comment
+from benchmarks.scale_dataset import photo, with_jpeg_comment
 
 from ..fixture_data import INPUTS
 

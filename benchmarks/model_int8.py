@@ -1,4 +1,4 @@
-"""The model alone, float32 against int8, per modality: ``python -m ib_vectorizer.bench.model``.
+"""The model alone, float32 against int8, per modality: ``python -m benchmarks.model_int8``.
 
 For every modality it times the encoder on a batch of ``--items`` inputs
 (preprocessed tensors, random but shaped like real ones), once with float32
@@ -28,15 +28,20 @@ import time
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..modalities import Modality, modality_arg
+from ib_vectorizer.modalities import Modality, modality_arg
+
+if TYPE_CHECKING:
+    from ib_vectorizer.model.imagebind import ImageBind
+    from ib_vectorizer.preprocess import Preprocessor
 
 Encode = Callable[[Modality, torch.Tensor], torch.Tensor]
 
 
-def random_inputs(preprocessor, modality: Modality, items: int) -> torch.Tensor:
+def random_inputs(preprocessor: Preprocessor, modality: Modality, items: int) -> torch.Tensor:
     """Inputs shaped like ``items`` preprocessed ones: normal noise, or token ids for text."""
     shape = preprocessor.example_batch(modality, items).shape
     generator = torch.Generator().manual_seed(0)
@@ -70,7 +75,9 @@ def timed_calls(
     return {name: statistics.median(values) for name, values in times.items()}, outputs
 
 
-def ours(model) -> Encode:
+def ours(model: ImageBind) -> Encode:
+    """Our model as an encoder: unit vectors, as the server returns them."""
+
     @torch.inference_mode()
     def encode(modality: Modality, batch: torch.Tensor) -> torch.Tensor:
         return model.embed(modality.encoder, batch, normalize=True)
@@ -94,6 +101,8 @@ def load_reference(package_dir: Path) -> Callable[[], torch.nn.Module]:
 
 
 def reference(model: torch.nn.Module) -> Encode:
+    """Meta's model as an encoder, its outputs normalised like ours."""
+
     @torch.inference_mode()
     def encode(modality: Modality, batch: torch.Tensor) -> torch.Tensor:
         out = model({modality.encoder: batch})[modality.encoder]
@@ -107,9 +116,7 @@ def _rate(value: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ib_vectorizer.bench.model", description=__doc__
-    )
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.model_int8", description=__doc__)
     parser.add_argument("--model", default="imagebind_huge", help="preset name or config.json")
     parser.add_argument("--checkpoint", default=None, help="weights (default: random)")
     parser.add_argument(
@@ -126,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, default=None, help="Meta's imagebind package")
     args = parser.parse_args(argv)
 
-    from ..model import create_model
-    from ..preprocess import Preprocessor
-    from .report import cpu_model
+    from ib_vectorizer.bench.report import cpu_model
+    from ib_vectorizer.model import create_model
+    from ib_vectorizer.preprocess import Preprocessor
 
-    def build(quantize: str):
+    def build(quantize: str) -> ImageBind:
         if args.checkpoint:
             return create_model(args.model, checkpoint=args.checkpoint, quantize=quantize)
         return create_model(args.model, random_seed=0, quantize=quantize)

@@ -1,6 +1,6 @@
 """Re-tagging against ingesting: the same collection, in the same run.
 
-    python -m pipelines.tag.bench --objects 1000 [--image-size 1600x1200] [model flags]
+    python -m benchmarks.retag_vs_ingest --objects 1000 [--image-size 1600x1200] [model flags]
 
 Generates N synthetic photos, starts the local stack, ingests them with
 ``ib-ingest --labels`` (read, decode, embed, tag, write), then gives the
@@ -19,10 +19,18 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ib_vectorizer.options import ModelOptions, add_flags, as_flags, from_sources
+
+from .logs import console_logging
+
+if TYPE_CHECKING:
+    from weaviate import WeaviateClient
+
+    from pipelines.stack import Endpoints
 
 # Everyday things, as a user's label file would list them; the second set re-tags.
 FIRST_LABELS = (
@@ -49,19 +57,19 @@ def embedded_items(vectorizer: str) -> float:
     )
 
 
-def stored_vectors(client, collection: str) -> dict[str, np.ndarray]:
+def stored_vectors(client: WeaviateClient, collection: str) -> dict[str, np.ndarray]:
     objects = client.collections.get(collection).iterator(include_vector=True)
     return {str(o.uuid): np.asarray(o.vector["imagebind"]) for o in objects}
 
 
 def measure(
-    endpoints, model: ModelOptions, work: Path, objects: int, image_size: tuple[int, int]
-) -> dict:
+    endpoints: Endpoints, model: ModelOptions, work: Path, objects: int, image_size: tuple[int, int]
+) -> dict[str, Any]:
     """Ingest ``objects`` photos with tags, then re-tag them; the times and the proof."""
     import weaviate
 
-    from ..ingest.command import main as ingest
-    from .command import main as tag
+    from pipelines.ingest.command import main as ingest
+    from pipelines.tag.command import main as tag
 
     tree = work / "photos"
     _write_photos(tree / "image", objects, image_size)
@@ -124,12 +132,12 @@ def _write_photos(folder: Path, count: int, size: tuple[int, int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from ib_vectorizer.bench.report import cpu_model
-
-    from ..command import console_logging
-    from ..stack import LocalStack
+    from pipelines.stack import LocalStack
 
     console_logging()
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tag.bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.retag_vs_ingest", description=__doc__
+    )
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--image-size", default="1600x1200", help="WxH of each photo")
     parser.add_argument("--json", help="write the figures to this file too")

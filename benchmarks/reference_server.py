@@ -1,6 +1,6 @@
 """Weaviate's own inference container, served with any weights, as a yardstick.
 
-``python -m ib_vectorizer.bench.reference_server --app DIR --model M --checkpoint F``
+``python -m benchmarks.reference_server --app DIR --model M --checkpoint F``
 runs the code of Weaviate's ``multi2vec-bind-inference`` container (a
 checkout in ``DIR``: ``app.py``, ``bind.py``, ``bind_data.py``, ``meta.py`` and
 Meta's ImageBind in ``DIR/ImageBind``) exactly as its image does — one
@@ -10,7 +10,7 @@ Meta's weights, builds Meta's model with our config ``M`` and loads ``F``.
 Then ``ib-vectorizer bench --url OURS --baseline-url THIS`` measures our
 server against the reference container with the same weights and load.
 
-Neither project's code is part of this package: bring the checkout (and
+Neither project's code is part of this repository: bring the checkout (and
 Meta's model code's requirements: fastapi, uvicorn, timm, pytorchvideo, ...).
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..model.config import ImageBindConfig, get_config
+from ib_vectorizer.model.config import ImageBindConfig, get_config
 
 
 def patch_weights(app_dir: Path, config: ImageBindConfig, checkpoint: Path) -> None:
@@ -61,7 +61,7 @@ def patch_weights(app_dir: Path, config: ImageBindConfig, checkpoint: Path) -> N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ib_vectorizer.bench.reference_server", description=__doc__
+        prog="python -m benchmarks.reference_server", description=__doc__
     )
     parser.add_argument("--app", type=Path, required=True, help="Weaviate's container checkout")
     parser.add_argument("--model", required=True, help="preset name or config.json")

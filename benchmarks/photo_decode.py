@@ -1,4 +1,4 @@
-"""Photo decoding, exact against fast, in one run: ``python -m ib_vectorizer.bench.decode``.
+"""Photo decoding, exact against fast, in one run: ``python -m benchmarks.photo_decode``.
 
 For photos of 2, 5 and 12 megapixels (``--megapixels``) it times the whole
 image preprocessing (decode, resize, crop, normalise) in both modes of
@@ -8,8 +8,8 @@ exact one (mean, rms and max |Δ| in normalised units). For scale it prints the
 difference that saving the same photo again at JPEG quality 95 makes to the
 exact input: noise every photo pipeline already has.
 
-Photos are synthetic (``payloads.image_payload``: colour gradients under
-noise, quality 90) unless ``--photos`` names real JPEG files.
+Photos are synthetic (``image_payload`` of ``ib-vectorizer bench``: colour
+gradients under noise, quality 90) unless ``--photos`` names real JPEG files.
 """
 
 from __future__ import annotations
@@ -19,26 +19,32 @@ import io
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import torch
 
-def _time_ms(function) -> float:
+
+def _time_ms(function: Callable[[], object]) -> float:
     started = time.perf_counter()
     function()
     return 1000 * (time.perf_counter() - started)
 
 
-def _difference(a, b) -> tuple[float, float, float]:
+def _difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     delta = (a - b).abs()
     return delta.mean().item(), delta.pow(2).mean().sqrt().item(), delta.max().item()
 
 
 def compare(name: str, data: bytes, size: int, repeats: int) -> str:
+    """One table row: both modes' median times and how far apart their inputs are."""
     from PIL import Image
 
-    from ..preprocess.image import load_image
+    from ib_vectorizer.preprocess.image import load_image
 
     exact_ms, fast_ms = [], []
     for _ in range(repeats):  # interleaved: both modes see the same load on the machine
@@ -58,9 +64,7 @@ def compare(name: str, data: bytes, size: int, repeats: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ib_vectorizer.bench.decode", description=__doc__
-    )
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.photo_decode", description=__doc__)
     parser.add_argument("--megapixels", type=float, nargs="+", default=[2.0, 5.0, 12.0])
     parser.add_argument("--photos", type=Path, nargs="*", default=[], help="real JPEGs to add")
     parser.add_argument("--repeats", type=int, default=15)
@@ -69,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from .payloads import image_payload
-    from .report import cpu_model
+    from ib_vectorizer.bench.payloads import image_payload
+    from ib_vectorizer.bench.report import cpu_model
 
     torch.set_num_threads(1)  # one core per photo, as a decode worker has
     rng = np.random.default_rng(0)

@@ -27,12 +27,13 @@ import json
 import logging
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("ib_ingest.bench")
+log = logging.getLogger("benchmarks.scale_dataset")
 
 MIX = {"image": 0.56, "text": 0.20, "imu": 0.15, "audio": 0.05, "video": 0.03}
 CORRUPT_SHARE = 0.01
@@ -152,7 +153,7 @@ def with_jpeg_comment(jpeg: bytes, comment: str) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
-def _photos(rng: np.random.Generator, count: int):
+def _photos(rng: np.random.Generator, count: int) -> Iterator[tuple[str, bytes]]:
     sizes = _log_uniform(rng, *PHOTO_MEGAPIXELS, min(count, POOL["image"]))
     pool = [photo(rng, mp) for mp in sizes]
     for index in range(count):
@@ -162,14 +163,14 @@ def _photos(rng: np.random.Generator, count: int):
 # -- texts and IMU -------------------------------------------------------------------------------
 
 
-def _texts(rng: np.random.Generator, count: int):
+def _texts(rng: np.random.Generator, count: int) -> Iterator[tuple[str, bytes]]:
     from ib_vectorizer.bench.payloads import text_payload
 
     for index in range(count):
         yield "txt", f"{text_payload(rng)} (frame {index})".encode()
 
 
-def _imu_logs(rng: np.random.Generator, count: int):
+def _imu_logs(rng: np.random.Generator, count: int) -> Iterator[tuple[str, bytes]]:
     from ib_vectorizer.bench.payloads import imu_payload
 
     pool = [imu_payload(rng) for _ in range(min(count, 32))]
@@ -246,7 +247,7 @@ def remux_with_tag(data: bytes, container: str, tag: str) -> bytes:
     return buffer.getvalue()
 
 
-def _recordings(rng: np.random.Generator, count: int):
+def _recordings(rng: np.random.Generator, count: int) -> Iterator[tuple[str, bytes]]:
     pool_size = min(count, POOL["audio"])
     lengths = _log_uniform(rng, *AUDIO_SECONDS, pool_size)
     kinds = [AUDIO_FORMATS[i % len(AUDIO_FORMATS)] for i in range(pool_size)]
@@ -257,7 +258,7 @@ def _recordings(rng: np.random.Generator, count: int):
         yield container, remux_with_tag(data, muxer, f"ib-bench {index}")
 
 
-def _videos(rng: np.random.Generator, count: int):
+def _videos(rng: np.random.Generator, count: int) -> Iterator[tuple[str, bytes]]:
     pool_size = min(count, POOL["video"])
     pool = [clip(rng, s) for s in _log_uniform(rng, *VIDEO_SECONDS, pool_size)]
     for index in range(count):
@@ -267,7 +268,7 @@ def _videos(rng: np.random.Generator, count: int):
 # -- corrupt files -------------------------------------------------------------------------------
 
 
-def _corrupt_files(rng: np.random.Generator, count: int):
+def _corrupt_files(rng: np.random.Generator, count: int) -> Iterator[tuple[str, bytes]]:
     """(suffix, bytes) of files that no decoder accepts, seven kinds in turn."""
     jpeg = photo(rng, 0.3)
     wav = recording(rng, 5.0, AUDIO_FORMATS[-1])
