@@ -289,10 +289,10 @@ def test_what_cannot_have_a_vector_per_field_is_refused_up_front(stack, client, 
 
 
 def test_the_flag_changes_the_content_hash_only_when_on_and_objects_carry_the_vectors():
+    from pipelines.ingest.elements import ReadyObject
     from pipelines.ingest.incremental import model_fingerprint
     from pipelines.ingest.inputs import InputSpec
     from pipelines.ingest.pipeline import IngestConfig, to_weaviate_object
-    from pipelines.ingest.ready import ReadyObject
 
     options = ModelOptions(random_weights=True)
     before = model_fingerprint("local", options, FIELDS, None)

@@ -11,8 +11,8 @@ import torch
 
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
+from pipelines.ingest.elements import ReadyObject
 from pipelines.ingest.model_handler import ObjectModelHandler
-from pipelines.ingest.ready import ReadyObject
 from pipelines.ingest.server_embed import ServerModelHandler, Vectorizer, worth_retrying
 from pipelines.vectorizer import VectorizerError
 

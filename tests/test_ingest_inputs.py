@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from ib_vectorizer.modalities import Modality
+from pipelines.ingest.elements import NOT_MEDIA, FieldValue, Skipped, SourceObject
 from pipelines.ingest.inputs import (
     InputSpec,
     metadata_columns,
@@ -28,8 +29,7 @@ from pipelines.ingest.inputs import (
     parse_modality_columns,
     plan_fields,
 )
-from pipelines.ingest.objects import FieldValue, SourceObject
-from pipelines.ingest.to_objects import NOT_MEDIA, Skipped, file_to_object, row_to_object
+from pipelines.ingest.to_objects import file_to_object, row_to_object
 from pipelines.paths import absolute, dirname, has_scheme, local_copy, relpath, resolve
 
 ALL_FIELDS = {

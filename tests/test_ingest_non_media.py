@@ -21,8 +21,9 @@ from ib_vectorizer.errors import MediaError
 from ib_vectorizer.preprocess.grayscale import load_depth
 from ib_vectorizer.preprocess.image import image_cost, load_image, vector_format
 from pipelines.ingest.command import main as ingest
+from pipelines.ingest.elements import NOT_MEDIA, OS_FILES, Skipped
 from pipelines.ingest.progress import skipped_note
-from pipelines.ingest.to_objects import NOT_MEDIA, OS_FILES, Skipped, file_to_object
+from pipelines.ingest.to_objects import file_to_object
 
 from .test_ingest import DIRECTORY_FILES, copy_dataset, count, read_failures, run_ingest
 from .wire import post

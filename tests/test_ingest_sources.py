@@ -23,9 +23,9 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from ib_vectorizer.modalities import Modality
 from pipelines.beam import Failure
+from pipelines.ingest.elements import FieldValue, SourceObject
 from pipelines.ingest.inputs import InputSpec, metadata_columns, parse_modality_columns, plan_fields
-from pipelines.ingest.objects import FieldValue, SourceObject
-from pipelines.ingest.sources import ReadObjects
+from pipelines.ingest.reader import ReadObjects
 
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "  # inline bytes: any bytes will do
 

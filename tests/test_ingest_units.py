@@ -11,9 +11,9 @@ from weaviate.util import generate_uuid5
 from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
 from pipelines.beam.write import to_data_object
+from pipelines.ingest.elements import ReadyObject
 from pipelines.ingest.inputs import InputSpec
 from pipelines.ingest.pipeline import IngestConfig, _batch_failures, to_weaviate_object
-from pipelines.ingest.ready import ReadyObject
 from pipelines.schema import MediaField
 
 FIELDS = (MediaField("image", Modality.VISION), MediaField("text", Modality.TEXT))

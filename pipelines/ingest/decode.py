@@ -5,7 +5,7 @@ A failure fails only its object: the object goes to the dead-letter output
 the bundle carries on.
 
 With ``--segment-seconds``, an audio or video source takes the same steps as
-a :class:`~.segments.Source`: hashed here without being read into memory,
+a :class:`~.elements.SourceToSegment`: hashed here without being read into memory,
 cut into segments by :class:`Decode`. The steps dispatch on the element
 rather than splitting the stream and merging it again, because a merge
 (Flatten) is where a runner may hold a whole PCollection in memory.
@@ -27,16 +27,15 @@ from ib_vectorizer.preprocess.segments import SegmentRule
 
 from ..beam.failures import FAILURES, Failure
 from ..beam.target import CollectionDoFn, WeaviateTarget
-from .objects import SourceObject
+from .elements import ReadyObject, SourceObject, SourceToSegment
 from .progress import JobCounter, StageTime
-from .ready import ReadyObject, read_field
-from .segments import SegmentCutter, Source, hash_source, is_segmented
+from .segments import SegmentCutter, hash_source, is_segmented
 
 
 class ReadFields(beam.DoFn):
     """SourceObject → ReadyObject with its bytes and content hash, or a ``read`` Failure.
 
-    With ``--segment-seconds`` an audio or video source becomes a Source to cut.
+    With ``--segment-seconds`` an audio or video source becomes a SourceToSegment.
     """
 
     def __init__(self, fingerprint: str, segments: SegmentRule | None = None) -> None:
@@ -59,7 +58,7 @@ class ReadFields(beam.DoFn):
         media: dict[str, bytes | str] = {}
         for name, value in obj.fields.items():
             try:
-                media[name] = read_field(value)
+                media[name] = value.read()
             except Exception as err:  # OSError, bad UTF-8, a URI scheme no FileSystem serves
                 yield self._failure(obj, f"{name}: cannot read {value.describe()}: {err}")
                 return
@@ -84,7 +83,7 @@ class ReadFields(beam.DoFn):
 class Decode(CollectionDoFn):
     """Media → model input (local embedding), or a ``decode`` Failure naming the field.
 
-    A :class:`~.segments.Source` becomes its segments, each a ReadyObject with
+    A :class:`~.elements.SourceToSegment` becomes its segments, each a ReadyObject with
     its model input, yielded as the stream is decoded.
     """
 
@@ -118,8 +117,8 @@ class Decode(CollectionDoFn):
             processes = self.decode_processes
             self._decoders = self._shared_decoders.acquire(lambda: DecodingProcesses(processes))
 
-    def process(self, ready: ReadyObject | Source):
-        if isinstance(ready, Source):
+    def process(self, ready: ReadyObject | SourceToSegment):
+        if isinstance(ready, SourceToSegment):
             yield from self._cut(ready)
             return
         if self.preprocessor is not None:
@@ -145,7 +144,7 @@ class Decode(CollectionDoFn):
         self.decoded.inc()
         yield ready
 
-    def _cut(self, source: Source):
+    def _cut(self, source: SourceToSegment):
         name, value = source.field, source.obj.fields[source.field]
         started = time.perf_counter()
         try:

@@ -25,9 +25,9 @@ from ..beam.target import CollectionDoFn, WeaviateTarget
 from ..beam.write import object_uuid
 from ..paths import has_scheme
 from ..schema import CONTENT_HASH, PARENT_ID, MediaField
+from .elements import ReadyObject, SourceToSegment
 from .progress import JobCounter
-from .ready import ReadyObject
-from .segments import Source, complete_sources
+from .segments import complete_sources
 
 LOOKUP_BATCH = 200  # ids per look-up (and per delete)
 _EDGE_BYTES = 1 << 20
@@ -99,7 +99,7 @@ def model_fingerprint(
 class SkipUnchanged(CollectionDoFn):
     """A batch of ReadyObjects → those whose stored hash differs (new or changed).
 
-    A segmented :class:`~.segments.Source` in the batch is unchanged when all
+    A segmented :class:`~.elements.SourceToSegment` in the batch is unchanged when all
     its segments are stored with its hash.
     """
 
@@ -107,9 +107,9 @@ class SkipUnchanged(CollectionDoFn):
         super().__init__(target)
         self.unchanged = JobCounter("unchanged")
 
-    def process(self, batch: list[ReadyObject | Source]):
-        sources = [item for item in batch if isinstance(item, Source)]
-        objects = [item for item in batch if not isinstance(item, Source)]
+    def process(self, batch: list[ReadyObject | SourceToSegment]):
+        sources = [item for item in batch if isinstance(item, SourceToSegment)]
+        objects = [item for item in batch if not isinstance(item, SourceToSegment)]
         if sources:
             hashes = [s.segment_hash for s in sources]
             complete = self.call(

@@ -1,7 +1,7 @@
 """Opening manifest files on any filesystem Beam reads, for their headers and their rows.
 
 Planning reads only the columns (:func:`manifest_columns`); the Beam reader in
-``sources`` reads the rows through the same functions, so both see a file the
+``reader`` reads the rows through the same functions, so both see a file the
 same way. CSV is read line by line with the ``csv`` module, so quoted cells
 may span lines. Text manifests may be compressed (``.gz``, ``.bz2``,
 ``.zst``, ...); the extension says how.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,15 +21,8 @@ from ib_vectorizer.modalities import Modality
 from ib_vectorizer.options import ModelOptions
 
 from ..beam.inference import ImageBindModelBase
+from .elements import EmbeddedObject, ReadyObject
 from .progress import StageTime
-from .ready import ReadyObject
-
-
-@dataclass
-class EmbeddedObject:
-    ready: ReadyObject
-    vectors: dict[str, np.ndarray]  # property → unit vector
-    error: str | None = None  # why this one object could not be embedded (a dead letter)
 
 
 def batching_by_views(max_batch_views: int) -> dict[str, Any]:

@@ -38,13 +38,14 @@ from ..schema import (
     uri_property,
 )
 from .decode import Decode, ReadFields, ReadyObject
+from .elements import EmbeddedObject
 from .incremental import DeleteMissing, skip_unchanged
 from .inputs import InputSpec
-from .model_handler import EmbeddedObject, ObjectModelHandler
+from .model_handler import ObjectModelHandler
 from .progress import NAMESPACE, JobCounter
+from .reader import ReadObjects
 from .segments import is_segmented
 from .server_embed import ServerModelHandler
-from .sources import ReadObjects
 
 EMBEDDED = JobCounter("embedded")  # objects with a vector
 

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -50,8 +49,7 @@ from ..schema import (
     SEGMENT_START,
     uri_property,
 )
-from .objects import SourceObject
-from .ready import ReadyObject, read_field
+from .elements import ReadyObject, SourceObject, SourceToSegment
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +84,7 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-@dataclass
-class Source:
-    """A source to segment, with the hash every one of its segments stores."""
-
-    obj: SourceObject
-    segment_hash: str
-
-    @property
-    def field(self) -> str:
-        return next(iter(self.obj.fields))
-
-
-def hash_source(obj: SourceObject, fingerprint: str, rule: SegmentRule) -> Source:
+def hash_source(obj: SourceObject, fingerprint: str, rule: SegmentRule) -> SourceToSegment:
     """``obj`` with the hash its segments store; the file is read in 1 MiB chunks, never whole.
 
     Raises OSError (or what the file system raises) when the file cannot be read.
@@ -119,7 +105,7 @@ def hash_source(obj: SourceObject, fingerprint: str, rule: SegmentRule) -> Sourc
         "field": [name, value.modality.value, digest.hexdigest()],
     }
     text = json.dumps(described, sort_keys=True, default=str)
-    return Source(obj, hashlib.sha256(text.encode()).hexdigest())
+    return SourceToSegment(obj, hashlib.sha256(text.encode()).hexdigest())
 
 
 def complete_sources(collection, hashes: list[str]) -> set[str]:
@@ -151,7 +137,7 @@ def complete_sources(collection, hashes: list[str]) -> set[str]:
 
 
 class SegmentCutter:
-    """Source → ReadyObjects, one per segment, with model input; stale objects deleted first.
+    """SourceToSegment → ReadyObjects, one per segment, with model input; stale ones deleted first.
 
     Used by the pipeline's decode step, whose Weaviate collection it borrows
     for the deletes: a changed source loses its segments with another hash,
@@ -162,13 +148,11 @@ class SegmentCutter:
         self.preprocessor = preprocessor
         self.rule = rule
 
-    def cut(self, source: Source, collection) -> Iterator[ReadyObject]:
+    def cut(self, source: SourceToSegment, collection) -> Iterator[ReadyObject]:
         """The source's segments as they are decoded; raises MediaError (or a decoder's error)."""
         value = source.obj.fields[source.field]
         delete_stale(collection, source)
-        opener = (
-            (lambda: FileSystems.open(value.uri)) if value.uri else open_bytes(read_field(value))
-        )
+        opener = (lambda: FileSystems.open(value.uri)) if value.uri else open_bytes(value.read())
         config = self.preprocessor.config
         limits = DecodeLimits(self.preprocessor.max_item_bytes)
         if value.modality is Modality.AUDIO:
@@ -183,7 +167,7 @@ class SegmentCutter:
             yield segment_object(source, segment)
 
 
-def segment_object(source: Source, segment: Segment) -> ReadyObject:
+def segment_object(source: SourceToSegment, segment: Segment) -> ReadyObject:
     """One segment as an object: the source's metadata, the time range, the source's URI."""
     obj, name = source.obj, source.field
     value = obj.fields[name]
@@ -210,7 +194,7 @@ def segment_object(source: Source, segment: Segment) -> ReadyObject:
     )
 
 
-def delete_stale(collection, source: Source) -> None:
+def delete_stale(collection, source: SourceToSegment) -> None:
     """Delete the source's segments with another hash, and a whole-file object of its id."""
     from weaviate.classes.query import Filter
 

@@ -23,8 +23,8 @@ from ib_vectorizer.modalities import Modality
 from ib_vectorizer.serving.protocol import RESPONSE_KEYS, WIRE_NAME
 
 from ..vectorizer import VectorizerError, post_vectorize
-from .model_handler import EmbeddedObject, batch_num_bytes, batching_by_views
-from .ready import ReadyObject
+from .elements import EmbeddedObject, ReadyObject
+from .model_handler import batch_num_bytes, batching_by_views
 
 ISOLATE = (400, 413)  # the request names a bad item, or is too large: split it
 

@@ -26,7 +26,6 @@ import datetime
 import decimal
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,8 +35,8 @@ from ib_vectorizer.inline import inline_bytes
 from ib_vectorizer.modalities import Modality
 
 from ..paths import relpath, resolve
+from .elements import NOT_MEDIA, OS_FILES, FieldValue, Skipped, SourceObject
 from .inputs import InputSpec, modality_of_column
-from .objects import FieldValue, SourceObject
 
 _FOLDERS = {modality.label: modality for modality in Modality}  # first-level folder names
 
@@ -63,24 +62,9 @@ _VECTOR_EXTENSIONS = {
 # What operating systems leave in folders (Finder, Explorer), compared in lower case;
 # and AppleDouble files, "._" and the name of the file they describe.
 _OS_FILES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
-NOT_MEDIA = "not media"
-OS_FILES = "OS files"
 
 
 # -- files ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file of a directory that is no object, and why: ``NOT_MEDIA`` or ``OS_FILES``.
-
-    ``kind`` is what the summary names it by, with ``source_id`` as the
-    example: the extension (``.md``) or the name (``.DS_Store``, ``._*``).
-    """
-
-    source_id: str
-    why: str
-    kind: str
 
 
 def _extension(name: str) -> str:

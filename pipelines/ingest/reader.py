@@ -2,7 +2,7 @@
 
 :class:`ReadObjects` lists a directory (one object per file) or reads a
 manifest (Parquet, CSV or JSONL: one object per row) and emits
-``SourceObject``s. The rest lives beside it: ``inputs`` (``InputSpec``, which
+``SourceObject``s (:mod:`.elements`). The rest lives beside it: ``inputs`` (``InputSpec``, which
 column holds what, the plan from headers), ``to_objects`` (one file or row
 into one object), ``manifest_files`` (opening manifests on any filesystem)
 and ``paths`` (local paths and URIs).
@@ -29,11 +29,11 @@ from apache_beam.io.filesystem import FileMetadata
 
 from ..beam.failures import FAILURES, Failure
 from ..paths import absolute, dirname, relpath
+from .elements import Skipped, SourceObject
 from .inputs import InputSpec
 from .manifest_files import csv_reader, lines, parquet_file
-from .objects import SourceObject
 from .progress import JobCounter, SkippedKinds
-from .to_objects import Skipped, file_to_object, row_id, row_to_object
+from .to_objects import file_to_object, row_id, row_to_object
 
 OBJECTS = "objects"
 SKIPPED = "skipped"  # the ids of a directory's files that are no object (see to_objects.Skipped)
