@@ -51,6 +51,7 @@ from urllib.parse import urlparse
 from ib_vectorizer.options import ModelOptions, add_flags, as_env, from_sources
 from ib_vectorizer.server_process import (
     READY_PATH,
+    READY_TIMEOUT_S,
     ServerProcess,
     ServerStartError,
     die_with_parent,
@@ -464,6 +465,33 @@ class WeaviateNode:
             process.wait()
 
 
+def wait_nodes_ready(nodes: list[WeaviateNode], timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Wait until every node answers ready; a node that exits fails the start at once.
+
+    The others would otherwise wait for it until the deadline: a cluster's nodes
+    are ready only once Raft has all of them.
+    """
+    deadline = time.monotonic() + timeout_s
+    waiting = list(nodes)
+    while waiting:
+        for node in list(waiting):
+            code = node.exit_code()
+            if code is not None:
+                raise StackError(
+                    f"weaviate {node.name} exited with status {code} during start-up; "
+                    f"its output ends with:\n{tail(node.log_path)}"
+                )
+            if node.answers_ready():
+                waiting.remove(node)
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(node.name for node in waiting)
+            raise StackError(
+                f"weaviate {names} not ready after {timeout_s:g} s; the output of "
+                f"{waiting[0].name} ends with:\n{tail(waiting[0].log_path)}"
+            )
+        time.sleep(0.1)
+
+
 class Vectorizer:
     """Our inference server as a part of the stack: one port for its whole life, restarts too."""
 
@@ -621,8 +649,7 @@ class LocalStack:
             self._vectorizer.wait_ready()
             for node in self.nodes:
                 self._start_node(node)
-            for node in self.nodes:  # they start together: Raft waits for all of them
-                node.wait_ready()
+            wait_nodes_ready(self.nodes)  # they start together: Raft waits for all of them
             self._lifelines = [
                 Lifeline(node, partial(self._start_node, node)) for node in self.nodes
             ]

@@ -24,7 +24,13 @@ from ib_vectorizer.server_process import free_ports, http_status
 from pipelines.connection import connect_weaviate
 from pipelines.provision import embedded_binary_path
 from pipelines.schema import MediaField, create_bind_collection
-from pipelines.stack import ENDPOINTS_FILE, DataDirLock, lock_holder
+from pipelines.stack import (
+    ENDPOINTS_FILE,
+    DataDirLock,
+    StackError,
+    lock_holder,
+    wait_nodes_ready,
+)
 
 from .fixture_data import INPUTS
 from .server_process import TINY_ENV
@@ -267,3 +273,42 @@ def test_ib_ingest_starts_a_stack_says_so_and_counts_its_start(tmp_path):
     assert not (data_dir / ENDPOINTS_FILE).exists()  # the stale file went; its own stays private
     assert lock_holder(data_dir) is None
     assert wait_until_gone(data_dir) == []
+
+
+class StartingNode:
+    """A Weaviate node as the start-up wait sees it: ready after a while, or dead."""
+
+    def __init__(self, name: str, log_path: Path, ready_after: int, exits: bool = False) -> None:
+        self.name, self.log_path = name, log_path
+        self.ready_after, self.exits, self.polls = ready_after, exits, 0
+        died = "panic: cannot open its data\n" if exits else ""
+        log_path.write_text(f"{name} starting\n{died}")
+
+    def exit_code(self) -> int | None:
+        self.polls += 1
+        return 1 if self.exits and self.polls > 2 else None
+
+    def answers_ready(self) -> bool:
+        return not self.exits and self.polls >= self.ready_after
+
+
+def test_a_node_that_dies_while_the_cluster_starts_fails_the_start_and_names_it(tmp_path):
+    nodes = [
+        StartingNode("node1", tmp_path / "node1.log", ready_after=10**9),  # waits for Raft
+        StartingNode("node2", tmp_path / "node2.log", ready_after=10**9, exits=True),
+        StartingNode("node3", tmp_path / "node3.log", ready_after=10**9),
+    ]
+    with pytest.raises(StackError) as raised:
+        wait_nodes_ready(nodes, timeout_s=600)
+    message = str(raised.value)
+    assert message.startswith("weaviate node2 exited with status 1 during start-up")
+    assert "panic: cannot open its data" in message
+    assert nodes[0].polls <= 4  # noticed on the third look, not after the deadline
+
+
+def test_nodes_not_ready_by_the_deadline_are_named():
+    ready = StartingNode("node1", Path(os.devnull), ready_after=1)
+    slow = StartingNode("node2", Path(os.devnull), ready_after=10**9)
+    with pytest.raises(StackError, match=r"^weaviate node2 not ready after 0.3 s"):
+        wait_nodes_ready([ready, slow], timeout_s=0.3)
+    wait_nodes_ready([StartingNode("node1", Path(os.devnull), ready_after=3)], timeout_s=60)
