@@ -53,3 +53,8 @@ dist-test: setup
 lint:
 	$(BIN)/ruff check ib_vectorizer pipelines tests examples benchmarks
 	$(BIN)/ruff format --check ib_vectorizer pipelines tests examples benchmarks
+
+# The packages the GPU machine lacks, packed as .whl/site.tar.xz for
+# benchmarks/gpu_check.sh (docs/gpu.md); prints their sizes and what a run sends.
+gpu-wheels:
+	PYTHON=$(BIN)/python benchmarks/gpu_wheels.sh
