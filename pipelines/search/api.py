@@ -80,7 +80,7 @@ def check_collection_name(name: Any) -> str:
 
 
 @dataclass(frozen=True)
-class MediaField:
+class ShownField:
     """One vectorized property as the page shows it: by its bytes, its URI, or its text."""
 
     name: str
@@ -93,14 +93,14 @@ class Layout:
     """What a collection holds: media fields, the properties a hit shows (no BLOBs), and the
     folders ib-ingest recorded its stored URIs come from."""
 
-    fields: tuple[MediaField, ...]
+    fields: tuple[ShownField, ...]
     properties: dict[str, str]  # name → Weaviate data type
     blobs: tuple[str, ...]
     media_roots: MediaRoots
     read_at: float  # time.monotonic() when read
     multi_tenant: bool = False
 
-    def field(self, name: str) -> MediaField:
+    def field(self, name: str) -> ShownField:
         for field in self.fields:
             if field.name == name:
                 return field
@@ -118,7 +118,7 @@ def read_layout(collection) -> Layout:
                 for name in names:
                     modalities[name if isinstance(name, str) else name["name"]] = CONFIG_KEYS[key]
     fields = tuple(
-        MediaField(name, modality, uri_property(name) if uri_property(name) in types else None)
+        ShownField(name, modality, uri_property(name) if uri_property(name) in types else None)
         for name, modality in sorted(modalities.items())
     )
     blobs = tuple(name for name, kind in types.items() if kind == "blob")
@@ -782,7 +782,7 @@ def _check_uuid(value: Any) -> None:
         raise ApiError(400, f"{value!r} is not an object id (a UUID)") from None
 
 
-def _stored(field: MediaField, layout: Layout) -> str:
+def _stored(field: ShownField, layout: Layout) -> str:
     """How the page gets a field: ``text``, ``blob``, ``uri``, or ``blob or uri``."""
     if field.modality is Modality.TEXT:
         return "text"
