@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -15,6 +16,7 @@ from .preprocess import MAX_AUDIO_SECONDS, MAX_VIDEO_SECONDS, Preprocessor, chec
 from .preprocess.limits import MAX_ITEM_BYTES
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_PAGE_BYTES = 4096  # the smallest page size: a larger page is touched several times, harmlessly
 
 
 class NonFiniteVectors(Exception):
@@ -114,10 +116,39 @@ class Embedder:
         """Zeros shaped like ``batch`` preprocessed items, for warming up kernels."""
         return self.preprocessor.example_batch(modality, batch)
 
-    def warm_up(self) -> None:
-        """Run every modality once so the first real request pays no start-up cost."""
+    def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run every modality once per batch size, so the first real request pays no start-up cost.
+
+        Worth it where first calls cost: on CUDA each new kernel is loaded and
+        cuBLAS/cuDNN set up on first use, and ``torch.compile`` compiles one
+        graph per new shape (batches of 1 and 2 cover every size, as dynamic
+        shapes start at 2). On the CPU in eager mode a first call costs no
+        more than the next once the weights are in memory (:meth:`read_weights`).
+        """
         for modality in Modality:
-            self.embed_tensors(modality, self.example_batch(modality))
+            for size in batch_sizes:
+                self.embed_tensors(modality, self.example_batch(modality, size))
+
+    def load_tokenizer(self) -> None:
+        """Build the text tokenizer (its vocabulary takes 0.4 s), so no text request waits on it."""
+        self.preprocessor.load_item(Modality.TEXT, "warm up")
+
+    @torch.inference_mode()
+    def read_weights(self) -> None:
+        """Bring every weight held in CPU memory into RAM, touching each page once.
+
+        A checkpoint is memory-mapped, so loading it reads nothing: without
+        this, each encoder's first call would read its weights from disk (the
+        file is 4.5 GB for imagebind_huge). Reading them costs disk time only,
+        not a model call per modality.
+        """
+        for tensor in itertools.chain(self.model.parameters(), self.model.buffers()):
+            if tensor.device.type != "cpu" or tensor.numel() == 0:
+                continue
+            flat = tensor.detach().reshape(-1)
+            step = max(1, _PAGE_BYTES // flat.element_size())
+            flat[::step].sum()
+            flat[-1:].sum()  # the last page, which a stride can step over
 
     def embed(
         self,

@@ -229,7 +229,8 @@ class ModelOptions:
     quantize: str = option(
         "none",
         "IB_QUANTIZE",
-        "int8: the trunks' Linear layers in dynamic int8 (CPU, float32 only)",
+        "int8: the trunks' Linear layers in dynamic int8 (CPU, float32 only; a large "
+        "checkpoint's int8 weights are kept beside it as CHECKPOINT.int8 for later loads)",
         choices=QUANTIZE_MODES,
     )
 

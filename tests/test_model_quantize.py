@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
-from ib_vectorizer.model import create_model
+from ib_vectorizer.model import create_model, factory, quantize
 from ib_vectorizer.model.attention import MultiheadSelfAttention
 from ib_vectorizer.model.quantize import Int8Linear, quantize_int8
 
@@ -68,3 +71,90 @@ def test_int8_needs_a_float32_model_on_the_cpu():
         quantize_int8(model)
     with pytest.raises(ValueError, match="quantize must be one of none, int8, not 'int4'"):
         create_model(FIXTURE / "config.json", random_seed=0, quantize="int4")
+
+
+# --------------------------------------------------------------------------- the kept int8 file
+
+
+@pytest.fixture
+def checkpoint(tmp_path, monkeypatch):
+    """A copy of the fixture checkpoint whose int8 weights are kept (as a large one's are)."""
+    monkeypatch.setattr(quantize, "KEEP_FROM_BYTES", 0)
+    path = tmp_path / "weights.pt"
+    shutil.copyfile(FIXTURE / "state_dict.pt", path)
+    return path
+
+
+def int8_vectors(path, preprocessed) -> dict[str, torch.Tensor]:
+    model = create_model(FIXTURE / "config.json", checkpoint=path, quantize="int8")
+    return {
+        encoder: model.embed(encoder, torch.from_numpy(preprocessed[encoder]))
+        for encoder in ("vision", "text", "audio", "imu")
+    }
+
+
+def test_a_second_int8_load_reads_the_kept_weights_and_gives_the_same_vectors(
+    checkpoint, preprocessed, monkeypatch
+):
+    first = int8_vectors(checkpoint, preprocessed)
+    kept = checkpoint.with_name("weights.pt.int8")
+    assert kept.is_file()
+
+    def no_quantizing(model):
+        raise AssertionError("quantized again although the int8 weights were kept")
+
+    monkeypatch.setattr(factory, "quantize_int8", no_quantizing)
+    second = int8_vectors(checkpoint, preprocessed)
+    for encoder, vectors in first.items():
+        assert torch.equal(second[encoder], vectors), encoder
+
+
+def test_a_changed_checkpoint_is_quantized_again(checkpoint, preprocessed):
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save(state, checkpoint)  # written as the changed one will be: the same size
+    old = int8_vectors(checkpoint, preprocessed)
+    kept = checkpoint.with_name("weights.pt.int8")
+    written = kept.stat().st_mtime_ns
+    # Other weights of the same size, with the old file's times (as `cp -p` leaves them).
+    times = checkpoint.stat()
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            tensor.mul_(1.5)
+    torch.save(state, checkpoint)
+    os.utime(checkpoint, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert checkpoint.stat().st_size == times.st_size
+
+    new = int8_vectors(checkpoint, preprocessed)
+    assert kept.stat().st_mtime_ns != written  # quantized again and kept anew
+    fresh = quantize_int8(create_model(FIXTURE / "config.json", checkpoint=checkpoint))
+    for encoder, vectors in new.items():
+        assert not torch.equal(vectors, old[encoder]), encoder
+        inputs = torch.from_numpy(preprocessed[encoder])
+        assert torch.equal(vectors, fresh.embed(encoder, inputs)), encoder
+
+
+def test_an_unreadable_kept_file_is_made_again(checkpoint, preprocessed):
+    first = int8_vectors(checkpoint, preprocessed)
+    kept = checkpoint.with_name("weights.pt.int8")
+    kept.write_bytes(kept.read_bytes()[:1000])
+    again = int8_vectors(checkpoint, preprocessed)
+    assert torch.equal(again["vision"], first["vision"])
+    assert kept.stat().st_size > 1000
+
+
+def test_int8_loads_where_nothing_can_be_kept(checkpoint, preprocessed, monkeypatch, caplog):
+    def refuse(**kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(quantize.tempfile, "mkstemp", refuse)
+    vectors = int8_vectors(checkpoint, preprocessed)
+    assert not checkpoint.with_name("weights.pt.int8").exists()
+    assert "cannot keep the weights beside the checkpoint" in caplog.text
+    assert vectors["text"].shape[1] == 32
+
+
+def test_small_checkpoints_are_not_kept(tmp_path):
+    path = tmp_path / "weights.pt"
+    shutil.copyfile(FIXTURE / "state_dict.pt", path)
+    create_model(FIXTURE / "config.json", checkpoint=path, quantize="int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pt"]

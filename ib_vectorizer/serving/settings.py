@@ -25,6 +25,7 @@ from ..options import (
 )
 
 MODES = ("batched", "baseline")
+WARM_UP_MODES = ("auto", "modalities", "weights", "none")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,13 @@ class ServerSettings(ModelOptions):
         None, "IB_DEVICES", "comma-separated devices, one model replica each (cuda:0,cuda:1)"
     )
     compile: bool = option(False, "IB_COMPILE", "torch.compile the encoders")
+    warm_up: str = option(
+        "auto",
+        "IB_WARM_UP",
+        "before ready: weights (read into memory), modalities (each run once), or none; "
+        "auto: modalities on CUDA or with IB_COMPILE, else weights",
+        choices=WARM_UP_MODES,
+    )
     max_batch: int = option(
         32, "IB_MAX_BATCH", "largest batch, counted in views (audio item = 3, video item = 15)"
     )
