@@ -28,13 +28,7 @@ def load_embedder(args: argparse.Namespace, normalize: bool):
     """Model + embedder from the model flags; raises ValueError/CheckpointError with advice."""
     from .embedder import Embedder
 
-    options = from_sources(ModelOptions, args)
-    return Embedder(
-        options.create(),
-        normalize=normalize,
-        image_decode=options.image_decode,
-        max_item_bytes=options.max_item_bytes,
-    )
+    return Embedder.from_options(from_sources(ModelOptions, args), normalize=normalize)
 
 
 def add_modality_flag(parser: argparse.ArgumentParser) -> None:

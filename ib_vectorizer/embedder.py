@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from .modalities import Modality
 from .model import ImageBind
 from .preprocess import MAX_AUDIO_SECONDS, MAX_VIDEO_SECONDS, Preprocessor, check_items
 from .preprocess.limits import MAX_ITEM_BYTES
+
+if TYPE_CHECKING:
+    from .options import ModelOptions
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _PAGE_BYTES = 4096  # the smallest page size: a larger page is touched several times, harmlessly
@@ -111,6 +115,20 @@ class Embedder:
         if reasons:
             raise NonFiniteVectors(reasons, vectors)
         return vectors
+
+    @classmethod
+    def from_options(
+        cls, options: ModelOptions, model: ImageBind | None = None, **kwargs: Any
+    ) -> Embedder:
+        """The one way from model options to an embedder: the model they describe (or
+        ``model``, made by ``options.create()``: the server shares one between replicas)
+        with their decoding settings. ``kwargs``: ``normalize`` and the duration limits."""
+        return cls(
+            options.create() if model is None else model,
+            image_decode=options.image_decode,
+            max_item_bytes=options.max_item_bytes,
+            **kwargs,
+        )
 
     def example_batch(self, modality: Modality | str, batch: int = 1) -> torch.Tensor:
         """Zeros shaped like ``batch`` preprocessed items, for warming up kernels."""

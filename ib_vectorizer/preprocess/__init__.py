@@ -48,6 +48,7 @@ from .video import MAX_VIDEO_SECONDS, load_video, video_cost
 
 if TYPE_CHECKING:
     from ..model.config import ImageBindConfig
+    from ..options import ModelOptions
 
 
 def check_items(items: object) -> None:
@@ -97,6 +98,17 @@ class Preprocessor:
             max_audio_seconds=max_audio_seconds,
             image_decode=image_decode,
             max_item_bytes=max_item_bytes,
+        )
+
+    @classmethod
+    def from_options(cls, options: ModelOptions, **limits: float | None) -> Preprocessor:
+        """The preprocessor of the model ``options`` describe, with their decoding settings
+        (``limits``: ``max_video_seconds``/``max_audio_seconds``); no weights are read."""
+        return cls.for_model(
+            options.config(),
+            image_decode=options.image_decode,
+            max_item_bytes=options.max_item_bytes,
+            **limits,
         )
 
     def inspect(self, modality: Modality | str, item: bytes | str, index: int = 0) -> ItemCost:

@@ -97,13 +97,12 @@ def load_embedders(settings: ServerSettings) -> list[Embedder]:
                     trunk.compile(dynamic=True)
             models[device] = model
         embedders.append(
-            Embedder(
+            Embedder.from_options(
+                settings,
                 models[device],
                 normalize=settings.normalize,
                 max_video_seconds=settings.max_video_seconds,
                 max_audio_seconds=settings.max_audio_seconds,
-                image_decode=settings.image_decode,
-                max_item_bytes=settings.max_item_bytes,
             )
         )
     return embedders

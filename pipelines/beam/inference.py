@@ -87,12 +87,7 @@ def load_embedder(options: ModelOptions) -> Embedder:
     """The model of ``options`` as unit-vector embedder; a remote checkpoint is copied once."""
     if has_scheme(options.checkpoint):  # gs://, s3://, ...: copied to this worker once
         options = dataclasses.replace(options, checkpoint=local_copy(options.checkpoint))
-    return Embedder(
-        options.create(),
-        normalize=True,
-        image_decode=options.image_decode,
-        max_item_bytes=options.max_item_bytes,
-    )
+    return Embedder.from_options(options)
 
 
 class ImageBindModelBase(ModelHandler):
@@ -159,11 +154,7 @@ class ImageBindModelHandler(ImageBindModelBase):
         ImageBindModelBase.__init__(self, options, max_batch_views, share)
         self.modality = Modality.parse(modality) if isinstance(modality, str) else modality
         # Cheap: the model's input geometry and the decoding limits, no weights.
-        self.preprocessor = Preprocessor.for_model(
-            options.config(),
-            image_decode=options.image_decode,
-            max_item_bytes=options.max_item_bytes,
-        )
+        self.preprocessor = Preprocessor.from_options(options)
 
     @property
     def items_per_batch(self) -> int:

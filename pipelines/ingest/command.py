@@ -322,7 +322,7 @@ def check_start(
     if args.embed == "local" or args.labels:  # our model embeds (a stack started checks its own)
         check_checkpoint(model)
     if args.embed == "local":
-        Preprocessor.for_model(model.config())  # a geometry preprocessing cannot follow
+        Preprocessor.from_options(model)  # a geometry preprocessing cannot follow
     return spec, fields, model, labels
 
 

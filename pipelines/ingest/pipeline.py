@@ -186,15 +186,7 @@ def build(
     tally["read_failed"] = [(1, read.failures)]
     tally["skipped"] = [(1, read.skipped)]
     # Local embedding preprocesses here, in parallel, with the model's own geometry.
-    preprocessor = (
-        Preprocessor.for_model(
-            config.model.config(),
-            image_decode=config.model.image_decode,
-            max_item_bytes=config.model.max_item_bytes,
-        )
-        if config.embed == "local"
-        else None
-    )
+    preprocessor = Preprocessor.from_options(config.model) if config.embed == "local" else None
     fields = read.objects | "ReadFields" >> beam.ParDo(
         ReadFields(config.fingerprint, config.segments)
     ).with_outputs(FAILURES, main="ready")
