@@ -225,7 +225,9 @@ def print_hits(hits: list[dict], as_json: bool) -> None:
     measure = "distance" if "distance" in hits[0] else "score"  # hybrid search: a score
     print(f"{'#':>3}  {measure:>9}  {'id':36}  properties")
     for rank, hit in enumerate(hits, start=1):
-        properties = {k: v for k, v in hit["properties"].items() if k not in HIDDEN}
+        properties = {  # a field this object has no value in is left out
+            k: v for k, v in hit["properties"].items() if k not in HIDDEN and v is not None
+        }
         moment = time_range(properties)
         props = ", ".join(f"{k}={_short(v)}" for k, v in sorted(properties.items()))
         print(f"{rank:>3}  {hit[measure]:9.5f}  {hit['id']:36}  {moment}{props}")

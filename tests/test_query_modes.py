@@ -271,10 +271,11 @@ def test_the_table_and_the_errors_speak_of_the_users_things(stack, capsys, media
 def test_a_hit_is_one_line_whatever_its_text(capsys):
     from pipelines.query import print_hits
 
-    properties = {"text": "two\nlines", "content_hash": "x"}
+    properties = {"text": "two\nlines", "content_hash": "x", "image": None}
     hit = {"id": "0" * 36, "distance": 0.5, "properties": properties}
     print_hits([hit], as_json=False)
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and "text=two ⏎ lines" in out[1] and "content_hash" not in out[1]
+    assert "image=" not in out[1]  # a field the object has no value in
     print_hits([hit], as_json=True)
     assert json.loads(capsys.readouterr().out)["properties"]["content_hash"] == "x"
