@@ -120,8 +120,9 @@ def pytest_configure(config):
 def pytest_sessionfinish(session, exitstatus):
     """The suite leaves no process behind: one still running fails the session, and is stopped.
 
-    Beam stops the job servers it caches (Prism's) when this process exits, so a
-    child of this very process running one of those is not counted.
+    A child of this very process that ends with it is not counted: the job
+    server Beam caches (Prism's, stopped at exit) and multiprocessing's
+    forkserver and resource tracker (which end when their parent does).
     """
     from .stack_process import processes_with_environment
 
@@ -133,7 +134,7 @@ def pytest_sessionfinish(session, exitstatus):
         left = {
             pid: command
             for pid, command in processes_with_environment(SESSION_MARK, mark).items()
-            if not _stopped_by_beam_at_exit(pid, command)
+            if not _ends_with_this_process(pid, command)
         }
         if not left or time.monotonic() > deadline:
             break
@@ -152,9 +153,13 @@ def pytest_sessionfinish(session, exitstatus):
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _stopped_by_beam_at_exit(pid: int, command: str) -> bool:
+# What a child of the test process runs when it ends with that process.
+ENDS_WITH_ITS_PARENT = ("prism", "multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+
+def _ends_with_this_process(pid: int, command: str) -> bool:
     try:
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return False
-    return parent == os.getpid() and "prism" in command.lower()
+    return parent == os.getpid() and any(part in command for part in ENDS_WITH_ITS_PARENT)
