@@ -158,8 +158,6 @@ ENDS_WITH_ITS_PARENT = ("prism", "multiprocessing.forkserver", "multiprocessing.
 
 
 def _ends_with_this_process(pid: int, command: str) -> bool:
-    try:
-        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return False
-    return parent == os.getpid() and any(part in command for part in ENDS_WITH_ITS_PARENT)
+    from .stack_process import parent_of
+
+    return parent_of(pid) == os.getpid() and any(part in command for part in ENDS_WITH_ITS_PARENT)

@@ -86,16 +86,21 @@ def listening_sockets(pid: int) -> list[Listener]:
     return found
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` from /proc/PID/stat; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children, their children, ...), from /proc/*/stat."""
     parents = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        if entry.isdigit() and (parent := parent_of(int(entry))) is not None:
+            parents[int(entry)] = parent
     found, frontier = [], [pid]
     while frontier:
         children = [child for child, parent in parents.items() if parent in frontier]
