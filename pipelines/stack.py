@@ -291,9 +291,17 @@ def process_line(pid: int) -> str:
     return f"pid {pid} ({command if len(command) <= 80 else command[:79] + '…'})"
 
 
-def weaviate_ready(url: str) -> bool:
+WEAVIATE_READY_PATH = "/v1/.well-known/ready"
+
+
+def ready_status(status: int | None) -> bool:
+    """Whether an answer from :data:`WEAVIATE_READY_PATH` means ready (any 2xx)."""
+    return (status or 0) // 100 == 2
+
+
+def weaviate_ready(url: str, timeout: float = 2.0) -> bool:
     """Whether Weaviate at ``url`` says it is ready (that endpoint needs no API key)."""
-    return (http_status(url + "/v1/.well-known/ready", timeout=2.0) or 0) // 100 == 2
+    return ready_status(http_status(url + WEAVIATE_READY_PATH, timeout=timeout))
 
 
 def published_record(data_dir: Path) -> dict | None:
@@ -427,8 +435,8 @@ class WeaviateNode:
         try:
             wait_until_answered(
                 self.process,
-                f"{self.http_url}/v1/.well-known/ready",
-                lambda status: (status or 0) // 100 == 2,
+                self.http_url + WEAVIATE_READY_PATH,
+                ready_status,
                 f"weaviate {self.name}",
                 self.log_path,
             )
@@ -436,8 +444,7 @@ class WeaviateNode:
             raise StackError(str(err)) from None
 
     def answers_ready(self) -> bool:
-        status = http_status(f"{self.http_url}/v1/.well-known/ready", timeout=1.0)
-        return (status or 0) // 100 == 2
+        return weaviate_ready(self.http_url, timeout=1.0)
 
     def exit_code(self) -> int | None:
         """None while it runs (or before it first started)."""
